@@ -1,0 +1,5 @@
+import sys
+
+from sdshim.units.cli import main
+
+sys.exit(main())

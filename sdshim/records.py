@@ -1,0 +1,57 @@
+"""What the monitor records for the manager: files in the container's runtime directory.
+
+/run/sdshim/NAME/ (root-only)
+  state.json   written by the monitor when the container is created and started
+  exit.json    written once, after the output is drained, when the container ended
+  runtime.log  the runtime's JSON error log
+  control      the monitor's control socket (start, kill, stop)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RUN_DIR = Path(os.environ.get("SDSHIM_RUN_DIR", "/run/sdshim"))
+
+
+def container_dir(name: str) -> Path:
+    return RUN_DIR / name
+
+
+def runtime_root(runtime: str) -> Path:
+    """Our own --root per runtime, so other users of runc never see or clash with ours."""
+    return RUN_DIR / ".runtime" / Path(runtime).name
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: readers see the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,5 @@
+import sys
+
+from sdshim.shim.monitor import main
+
+sys.exit(main())

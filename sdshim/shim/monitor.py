@@ -1,0 +1,499 @@
+"""The monitor: creates the container through the runtime, forwards its output to
+journald, tells systemd about readiness, and records and returns the exit status.
+
+It is the unit's main process and a child subreaper, so it reaps the container,
+whatever the container orphans, and the runtime's own processes; one event loop
+(epoll) serves the output pipes, signals (via the wakeup fd) and the control socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdshim import records, spawn
+from sdshim.errors import EXIT_RUNTIME
+from sdshim.shim import cgroup, runtime
+from sdshim.shim.journal import (
+    PRIORITY_STDERR,
+    PRIORITY_STDOUT,
+    JournalWriter,
+    LineSplitter,
+    encode_field,
+)
+from sdshim.shim.notify import Notifier
+
+PR_SET_CHILD_SUBREAPER = 36
+F_SETPIPE_SZ = 1031
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+             signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+DEFAULT_MAX_LINE = 256 * 1024
+# How long to wait for writers the container left behind to close its pipes.
+DRAIN_TIMEOUT = 5.0
+
+
+class Stream:
+    """One of the container's output pipes, forwarded line by line to journald."""
+
+    def __init__(self, fd: int, name: str, priority: int, max_line: int) -> None:
+        self.fd = fd
+        self.name = name
+        self.prefix = encode_field("PRIORITY", str(priority).encode())
+        self.splitter = LineSplitter(max_line)
+        self.last_line = b""
+        self.open = True
+
+
+class Monitor:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.name: str = opts.name
+        self.id: str = opts.id
+        self.dir = records.container_dir(self.name)
+        self.notifier = Notifier()
+        self.rt = runtime.Runtime(opts.runtime, records.runtime_root(opts.runtime),
+                                  self.dir / "runtime.log")
+        self.sel = selectors.DefaultSelector()
+        self.reaped: dict[int, int] = {}  # pid -> wait status, for pids we may ask about
+        self.pid = 0  # the container's init, once known
+        self.state: dict[str, Any] = {}
+        self.pending_signals: list[int] = []
+        self.kill_deadline = 0.0  # monotonic time at which a stop escalates to SIGKILL
+        self.stop_requested_signal = 0
+        self.journal: JournalWriter | None = None
+        self.fields = b""
+        self.streams: list[Stream] = []
+        self.control: socket.socket | None = None
+        self.starting = False  # start requested (by --start or the control socket)
+        self.started = False
+        self.exited = False
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, *FORWARDED):
+            signal.signal(sig, _noop)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
+
+        records.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / stale).unlink()
+        self.rt.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+        fields = {
+            "CONTAINER_ID": self.id[:12], "CONTAINER_ID_FULL": self.id,
+            "CONTAINER_NAME": self.name, "SYSLOG_IDENTIFIER": self.name,
+        }
+        if self.opts.tag:
+            fields["CONTAINER_TAG"] = self.opts.tag
+        self.fields = b"".join(encode_field(k, v.encode()) for k, v in fields.items())
+        try:
+            self.journal = JournalWriter()
+        except OSError as e:
+            print(f"sdshim: journald not reachable ({e}); container output goes to the "
+                  "unit's stdout", file=sys.stderr)
+
+        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.control.bind(str(self.dir / "control"))
+        self.control.listen(16)
+        self.control.setblocking(False)
+        self.sel.register(self.control, selectors.EVENT_READ, self._on_control_accept)
+
+    def write_state(self, **changes: Any) -> None:
+        self.state.update(changes)
+        records.write_json(self.dir / "state.json", self.state)
+
+    # --- the event loop -------------------------------------------------------------
+
+    def loop_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Serve events until done() or timeout; True if done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            now = time.monotonic()
+            wait: float | None = None
+            if deadline is not None:
+                if now >= deadline:
+                    return False
+                wait = deadline - now
+            if self.kill_deadline:
+                left = max(0.0, self.kill_deadline - now)
+                wait = left if wait is None else min(wait, left)
+                if left == 0.0:
+                    self._escalate()
+                    continue
+            for key, _ in self.sel.select(wait):
+                key.data(key.fileobj)
+        return True
+
+    def _on_signal(self, _fd: object) -> None:
+        try:
+            data = os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                self._reap()
+            else:
+                self._signal_received(signum)
+        self._reap()  # SIGCHLD may have coalesced with other signals
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped[pid] = status
+            if pid == self.pid:
+                self.exited = True
+
+    def wait_child(self, proc: Any) -> int:
+        """Wait for a child we started, serving events meanwhile; its exit code."""
+        self.loop_until(lambda: proc.pid in self.reaped)
+        status = self.reaped.pop(proc.pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping
+        return int(proc.returncode)
+
+    # --- output --------------------------------------------------------------------
+
+    def _on_output(self, fileobj: object) -> None:
+        stream = next(s for s in self.streams if s.fd == fileobj)
+        try:
+            data = os.read(stream.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if data:
+            self._emit(stream, stream.splitter.feed(data))
+        else:
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: Stream) -> None:
+        self._emit(stream, stream.splitter.flush())
+        self.sel.unregister(stream.fd)
+        os.close(stream.fd)
+        stream.open = False
+
+    def _emit(self, stream: Stream, lines: Any) -> None:
+        for line, partial in lines:
+            stream.last_line = line
+            if self.journal is None:
+                sys.stdout.buffer.write(line + b"\n")
+                continue
+            entry = encode_field("MESSAGE", line) + stream.prefix + self.fields
+            if partial:
+                entry += b"CONTAINER_PARTIAL_MESSAGE=true\n"
+            self.journal.send(entry)
+
+    def event(self, message: str, **extra: str) -> None:
+        """An entry about the container's life (not its output) in the unit's journal."""
+        if self.journal is None:
+            print(f"sdshim: {message}", file=sys.stderr)
+            return
+        fields = {"MESSAGE": message, "PRIORITY": "6", "SYSLOG_IDENTIFIER": "sdshim",
+                  "SDSHIM_CONTAINER_ID_FULL": self.id, "SDSHIM_CONTAINER_NAME": self.name,
+                  **extra}
+        self.journal.send(b"".join(encode_field(k, v.encode()) for k, v in fields.items()))
+
+    # --- signals and control -------------------------------------------------------
+
+    def _signal_received(self, signum: int) -> None:
+        if signum in STOP_SIGNALS:
+            self.request_stop(self.opts.stop_timeout, signum)
+        else:
+            self.deliver(signum)
+
+    def deliver(self, signum: int) -> None:
+        """Send signum to the container now, or once its PID is known."""
+        if self.exited:
+            return
+        if not self.pid:
+            self.pending_signals.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def request_stop(self, timeout: float, signum: int = 0) -> None:
+        sig = signum or self.opts.stop_signal
+        if self.pid and not self.started:
+            sig = signal.SIGKILL  # created but never started: nothing to stop gracefully
+        self.stop_requested_signal = sig
+        self.deliver(sig)
+        if sig != signal.SIGKILL:
+            deadline = time.monotonic() + timeout
+            if not self.kill_deadline or deadline < self.kill_deadline:
+                self.kill_deadline = deadline
+
+    def _escalate(self) -> None:
+        self.kill_deadline = 0.0
+        if self.pid and not self.exited:
+            self.deliver(signal.SIGKILL)
+
+    def _on_control_accept(self, _sock: object) -> None:
+        assert self.control is not None
+        try:
+            conn, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        conn.settimeout(2.0)
+        try:
+            with conn:
+                request = json.loads(conn.recv(4096) or b"{}")
+                reply = self.handle_request(request)
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+        except (OSError, ValueError):
+            pass  # a client that went away or spoke nonsense: nothing to answer
+
+    def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "start":
+            if self.starting or self.exited:
+                return {"ok": False, "error": "container is already started"}
+            self.starting = True
+            err = self.start()
+            return {"ok": not err, "error": err, "pid": self.pid}
+        if op == "kill":
+            if not self.pid or self.exited:
+                return {"ok": False, "error": "container is not running"}
+            self.deliver(int(req.get("signal", signal.SIGTERM)))
+            return {"ok": True}
+        if op == "stop":
+            self.request_stop(float(req.get("timeout", self.opts.stop_timeout)),
+                              int(req.get("signal", 0)))
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    # --- the container's life ------------------------------------------------------
+
+    def create(self) -> str:
+        """runc create; returns an error message, or '' on success."""
+        bundle = Path(self.opts.bundle)
+        cg = cgroup.split(self.opts.unit) if self.opts.unit else ""
+        try:
+            runtime.write_config(bundle, self.dir / "bundle", cg)
+        except (OSError, ValueError) as e:
+            return f"cannot read {bundle / 'config.json'}: {e}"
+
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd, name, prio in ((out_r, "stdout", PRIORITY_STDOUT),
+                               (err_r, "stderr", PRIORITY_STDERR)):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
+            os.set_blocking(fd, False)
+            self.streams.append(Stream(fd, name, prio, self.opts.log_max_line))
+            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+
+        env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+                                    "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
+        argv = self.rt.argv("create", "--bundle", str(self.dir / "bundle"),
+                            "--pid-file", str(self.dir / "pid"), self.id)
+        self.write_state(name=self.name, id=self.id, unit=self.opts.unit,
+                         bundle=str(bundle), runtime=self.rt.path, status="creating",
+                         pid=None, monitor_pid=os.getpid(), created_at=records.now_iso(),
+                         started_at=None)
+        try:
+            proc = spawn.start(argv, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
+                               stderr=err_w)
+        except spawn.CommandError as e:
+            return str(e)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        code = self.wait_child(proc)
+        if code != 0:
+            return self.rt.last_error() or f"{self.rt.name} create exited with status {code}"
+        try:
+            self.pid = int((self.dir / "pid").read_text())
+        except (OSError, ValueError) as e:
+            return f"{self.rt.name} create left no usable pid file: {e}"
+        if self.pid in self.reaped:
+            self.exited = True
+        self.write_state(status="created", pid=self.pid)
+        return ""
+
+    def start(self) -> str:
+        """runc start, then make sure the command really runs; error message or ''."""
+        code = self.wait_child(spawn.start(self.rt.argv("start", self.id),
+                                           stdin=subprocess.DEVNULL))
+        if code != 0 and not self.exited:
+            return self.rt.last_error() or f"{self.rt.name} start exited with status {code}"
+        self.started = True
+        if not self.exited:
+            self.wait_exec()
+        if self.exited:
+            failure = self.exec_failure()
+            if failure:
+                return failure
+        self.write_state(status="running", started_at=records.now_iso())
+        self.notifier.send(STATUS=f"Container {self.name} running, pid {self.pid}")
+        for sig in self.pending_signals:
+            self.deliver(sig)
+        self.pending_signals.clear()
+        return ""
+
+    def wait_exec(self) -> None:
+        """Until the runtime's init has exec'd the command (or the container ended).
+
+        An execve failure (exec format error, ...) comes after `start` returns; waiting
+        for it here lets start report it instead of a container that 'ran' and exited.
+        """
+        deadline = time.monotonic() + 2.0
+        rt_name = self.rt.name
+        while not self.exited and time.monotonic() < deadline:
+            try:
+                exe = os.readlink(f"/proc/{self.pid}/exe")
+            except OSError:
+                exe = ""
+            if exe and rt_name not in exe:
+                return
+            self.loop_until(lambda: self.exited, timeout=0.001)
+
+    def exec_failure(self) -> str:
+        """The runtime's execve error, if that is why the container ended."""
+        status = self.reaped.get(self.pid)
+        if status is None or os.waitstatus_to_exitcode(status) != 255:
+            return ""
+        self.drain(0.5)
+        line = self.streams[1].last_line.strip()
+        if runtime.EXEC_FAILURE_LINE.match(line):
+            return line.decode(errors="replace")
+        return ""
+
+    def drain(self, timeout: float) -> None:
+        self.loop_until(lambda: not any(s.open for s in self.streams), timeout)
+
+    def cleanup_runtime(self) -> None:
+        """Delete the runtime's state; --force kills anything the container left."""
+        with contextlib.suppress(spawn.CommandError):
+            self.wait_child(spawn.start(self.rt.argv("delete", "--force", self.id),
+                                        stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+
+    def finish(self, result: dict[str, Any], code: int) -> int:
+        """Drain output, record the result, tell systemd; the monitor's exit code."""
+        self.cleanup_runtime()
+        self.drain(DRAIN_TIMEOUT)
+        for stream in self.streams:
+            if stream.open:
+                self._close_stream(stream)
+        result.setdefault("finished_at", records.now_iso())
+        result.update(name=self.name, id=self.id, pid=self.pid or None,
+                      started_at=self.state.get("started_at"),
+                      monitor_exit_code=code)
+        records.write_json(self.dir / "exit.json", result)
+        self.write_state(status="exited")
+        if result.get("error"):
+            self.notifier.send(STATUS=f"Error: {result['error']}")
+            self.event(f"Container {self.name} failed: {result['error']}",
+                       SDSHIM_EVENT="failed", SDSHIM_EXIT_CODE=str(code))
+        else:
+            self.notifier.send(STATUS=describe(result))
+            self.event(describe(result), SDSHIM_EVENT="exited", SDSHIM_EXIT_CODE=str(code))
+        if self.control is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / "control")
+        return code
+
+    def fail(self, message: str) -> int:
+        message = runtime.clean_message(message)
+        code = runtime.classify(message)
+        self.exited = True
+        return self.finish({"error": message, "exit_code": code, "signal": None}, code)
+
+    def run(self) -> int:
+        self.setup()
+        error = self.create()
+        if error:
+            return self.fail(error)
+        if self.opts.start and not self.exited:
+            self.starting = True
+            error = self.start()
+            if error:
+                return self.fail(error)
+            self.notifier.send(READY=1)
+        else:
+            self.notifier.send(
+                READY=1, STATUS=f"Container {self.name} created, pid {self.pid}")
+        self.loop_until(lambda: self.exited)
+        status = self.reaped[self.pid]
+        if not self.started:
+            failure = ""
+        else:
+            failure = self.exec_failure()
+        if failure:
+            return self.fail(failure)
+        result: dict[str, Any] = {"error": None}
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            result.update(exit_code=128 + sig, signal=signal.Signals(sig).name)
+        else:
+            result.update(exit_code=os.WEXITSTATUS(status), signal=None)
+        if self.stop_requested_signal:
+            result["stop_signal"] = signal.Signals(self.stop_requested_signal).name
+        return self.finish(result, int(result["exit_code"]))
+
+
+def describe(result: dict[str, Any]) -> str:
+    if result.get("signal"):
+        return f"Container {result['name']} killed by {result['signal']}"
+    return f"Container {result['name']} exited with status {result['exit_code']}"
+
+
+def _noop(_signum: int, _frame: object) -> None:
+    """Python-level handler; the work happens on the wakeup fd."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sdshim-monitor")
+    p.add_argument("--name", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--runtime", required=True)
+    p.add_argument("--unit", default=os.environ.get("SDSHIM_UNIT", ""))
+    p.add_argument("--start", action="store_true", help="start right after create")
+    p.add_argument("--stop-timeout", type=float, default=10.0)
+    p.add_argument("--stop-signal", type=int, default=int(signal.SIGTERM))
+    p.add_argument("--tag", default="")
+    p.add_argument("--log-max-line", type=int, default=DEFAULT_MAX_LINE)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if shutil.which(opts.runtime) is None:
+        print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)
+        return EXIT_RUNTIME
+    monitor = Monitor(opts)
+    try:
+        return monitor.run()
+    except Exception as e:
+        # A bug or an unexpected system error: say so in the record, never lose it.
+        traceback.print_exc()
+        with contextlib.suppress(Exception):
+            return monitor.fail(f"sdshim monitor failed: {e!r}")
+        return EXIT_RUNTIME

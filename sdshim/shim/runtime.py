@@ -1,0 +1,88 @@
+"""Driving the OCI runtime (runc, crun): argv, effective config, its error messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
+
+
+@dataclass
+class Runtime:
+    path: str
+    root: Path
+    log: Path
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def argv(self, *args: str) -> list[str]:
+        extra = ["--cgroup-manager=disabled"] if self.name == "crun" else []
+        return [self.path, "--root", str(self.root), "--log", str(self.log),
+                "--log-format", "json", *extra, *args]
+
+    def last_error(self) -> str:
+        """The message of the last error the runtime logged (JSON log lines)."""
+        msg = ""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+                msg = str(entry.get("msg", ""))
+        return msg
+
+
+def write_config(bundle: Path, target: Path, cgroups_path: str) -> dict[str, Any]:
+    """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup."""
+    with open(bundle / "config.json") as f:
+        config: dict[str, Any] = json.load(f)
+    root = config.setdefault("root", {})
+    root["path"] = str((bundle / root.get("path", "rootfs")).resolve())
+    if cgroups_path:
+        config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
+    process = config.setdefault("process", {})
+    process["terminal"] = False  # stdio through our pipes; tty mode comes with -t
+    target.mkdir(exist_ok=True)
+    with open(target / "config.json", "w") as f:
+        json.dump(config, f)
+    return config
+
+
+# What runc and crun say when the command cannot be run, and the exit code it means.
+_EXEC_ERRORS = (
+    (re.compile(r"executable file not found|no such file or directory|not found in \$PATH",
+                re.I), EXIT_NOT_FOUND),
+    (re.compile(r"permission denied|exec format error|is a directory|not executable", re.I),
+     EXIT_NOT_EXECUTABLE),
+)
+# After `start`, an execve failure is printed by the runtime's init on the container's
+# stderr, e.g. "exec /foreign: exec format error", and the process exits 255.
+EXEC_FAILURE_LINE = re.compile(rb"^exec (.+): ([a-z][a-z ]+)$")
+
+
+def classify(message: str) -> int:
+    """125/126/127 by the docker convention, from the runtime's error message."""
+    if "exec" in message:
+        for pattern, code in _EXEC_ERRORS:
+            if pattern.search(message):
+                return code
+    return EXIT_RUNTIME
+
+
+def clean_message(message: str) -> str:
+    """Drop runc's generic prefixes, keep the part that names the problem."""
+    for prefix in ("runc create failed: ", "runc run failed: ", "runc start failed: ",
+                   "unable to start container process: "):
+        message = message.removeprefix(prefix)
+    return message.strip()

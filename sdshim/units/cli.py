@@ -1,0 +1,233 @@
+"""The `sdshim` command. Errors become exit codes here, and only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sdshim import __version__
+from sdshim.errors import EXIT_RUNTIME, ContainerStateError, SdshimError, UsageError
+
+
+def parse_signal(value: str) -> int:
+    text = value.upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        if name in signal.Signals.__members__:
+            return int(signal.Signals[name])
+    raise argparse.ArgumentTypeError(f"unknown signal {value!r} (use e.g. TERM, KILL or 9)")
+
+
+def _create_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="container name (default: generated)")
+    p.add_argument("--runtime", default="runc", help="OCI runtime: runc (default) or crun")
+    p.add_argument("-p", "--property", action="append", default=[], metavar="KEY=VALUE",
+                   help="unit resource setting, e.g. MemoryMax=512M, CPUQuota=50%%, TasksMax=64")
+    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="grace period before SIGKILL on stop (default 10)")
+    p.add_argument("--stop-signal", type=parse_signal, default=int(signal.SIGTERM),
+                   metavar="SIGNAL", help="signal that asks the container to stop (TERM)")
+    p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
+    p.add_argument("--log-max-line", type=int, default=0, metavar="BYTES",
+                   help="split longer output lines into partial journal entries")
+    p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdshim", description="Run OCI containers as systemd services.")
+    parser.add_argument("--version", action="version", version=f"sdshim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("create", help="create a container (its unit runs; command waits)")
+    _create_options(p)
+    p = sub.add_parser("run", help="create and start a container")
+    _create_options(p)
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="print the name and return once the container runs")
+    p.add_argument("--rm", action="store_true", help="delete the container when it exits")
+    p = sub.add_parser("start", help="start a created container")
+    p.add_argument("name")
+    p = sub.add_parser("status", help="show a container's state")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("name")
+    p = sub.add_parser("list", aliases=["ps"], help="list containers")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("logs", help="print a container's output from the journal")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
+    p.add_argument("--since", help="only lines since this time (journalctl syntax)")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
+    p.add_argument("-t", "--timestamps", action="store_true", help="prefix RFC 3339 times")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("name")
+    p = sub.add_parser("kill", help="send a signal to a container")
+    p.add_argument("-s", "--signal", type=parse_signal, default=int(signal.SIGTERM))
+    p.add_argument("name")
+    p = sub.add_parser("stop", help="stop a container (stop signal, SIGKILL after --time)")
+    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("name")
+    p = sub.add_parser("wait", help="wait for a container to exit; print its exit code")
+    p.add_argument("name")
+    p = sub.add_parser("delete", aliases=["rm"], help="delete containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
+    p.add_argument("names", nargs="+", metavar="name")
+    return parser
+
+
+def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from sdshim.units.spec import parse_properties
+
+    return {"name": args.name, "runtime": args.runtime,
+            "properties": parse_properties(args.property),
+            "stop_timeout": args.stop_timeout, "stop_signal": args.stop_signal,
+            "tag": args.log_tag, "log_max_line": args.log_max_line}
+
+
+def _exit_code(status: dict[str, Any]) -> int:
+    code = status.get("exit_code")
+    return int(code) if code is not None else EXIT_RUNTIME
+
+
+async def _print_logs(m: Any, name: str, args: argparse.Namespace) -> None:
+    from sdshim.units import logs
+
+    status = await m.status(name)
+    if not status.get("id"):
+        raise ContainerStateError(f"container {name} has no output yet")
+
+    async def ended() -> bool:
+        return bool((await m.status(name))["state"] == "exited")
+
+    lines = []
+    async for line in logs.read_lines(status["id"], follow=args.follow, since=args.since,
+                                      ended=ended):
+        if line.stream == "event" or (args.stream and line.stream != args.stream):
+            continue
+        if args.tail is not None and not args.follow:
+            lines.append(line)
+            continue
+        _write_line(line, args)
+    if args.tail is not None and not args.follow:
+        for line in lines[-args.tail:] if args.tail else []:
+            _write_line(line, args)
+
+
+def _write_line(line: Any, args: argparse.Namespace) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(line.as_json()) + "\n")
+        sys.stdout.flush()
+        return
+    out = sys.stderr if line.stream == "stderr" else sys.stdout
+    prefix = (line.timestamp + " ").encode() if getattr(args, "timestamps", False) else b""
+    out.buffer.write(prefix + line.data + b"\n")
+    out.flush()
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    from sdshim.units.manager import Manager
+
+    async with await Manager.connect() as m:
+        cmd = args.command
+        if cmd in ("create", "run"):
+            kwargs = _create_kwargs(args)
+            name = await m.create(args.bundle, start=cmd == "run", **kwargs)
+            if cmd == "create" or args.detach:
+                print(name)
+                return 0
+            try:
+                await _print_logs(m, name, argparse.Namespace(
+                    follow=True, since=None, tail=None, stream=None, timestamps=False,
+                    json=False))
+                return _exit_code(await m.wait(name))
+            finally:
+                if args.rm:
+                    await m.delete(name, force=True)
+        if cmd == "start":
+            await m.start(args.name)
+            return 0
+        if cmd == "status":
+            status = await m.status(args.name)
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+            return 0
+        if cmd in ("list", "ps"):
+            statuses = await m.list()
+            if args.json:
+                print(json.dumps(statuses, indent=2))
+            else:
+                _print_table(statuses)
+            return 0
+        if cmd == "logs":
+            await _print_logs(m, args.name, args)
+            return 0
+        if cmd == "kill":
+            await m.kill(args.name, args.signal)
+            return 0
+        if cmd == "stop":
+            await m.stop(args.name, args.time)
+            return 0
+        if cmd == "wait":
+            status = await m.wait(args.name)
+            if status.get("exit_code") is None:
+                raise ContainerStateError(f"container {args.name}: {status.get('error')}")
+            print(status["exit_code"])
+            return _exit_code(status)
+        if cmd in ("delete", "rm"):
+            failed = 0
+            for name in args.names:
+                try:
+                    await m.delete(name, force=args.force)
+                except SdshimError as e:
+                    print(f"sdshim: {e}", file=sys.stderr)
+                    failed = failed or e.exit_code
+            return failed
+    raise UsageError(f"unknown command {cmd}")
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    rows = [("Name", s["name"]), ("ID", s["id"]), ("Unit", s["unit"]), ("State", s["state"]),
+            ("PID", s["pid"]), ("Exit code", s["exit_code"]), ("Signal", s["signal"]),
+            ("Started", s["started_at"]), ("Finished", s["finished_at"]),
+            ("Error", s["error"])]
+    for key, value in rows:
+        if value is not None:
+            print(f"{key + ':':<11} {value}")
+
+
+def _print_table(statuses: list[dict[str, Any]]) -> None:
+    print(f"{'NAME':<24} {'STATE':<8} {'PID':>7} {'EXIT':>4}  ID")
+    for s in statuses:
+        exit_code = "" if s["exit_code"] is None else s["exit_code"]
+        pid = s["pid"] or ""
+        print(f"{s['name']:<24} {s['state']:<8} {pid!s:>7} {exit_code!s:>4}  "
+              f"{(s['id'] or '')[:12]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run_command(args))
+    except SdshimError as e:
+        print(f"sdshim: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

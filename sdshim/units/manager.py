@@ -1,0 +1,308 @@
+"""The Python API: containers as systemd units.
+
+State lives in systemd (the unit) and in the monitor's records under /run/sdshim,
+never in this process, so any number of managers see and control the same containers.
+
+    async with await Manager.connect() as m:
+        name = await m.create(Path("/srv/bundle"), start=True)
+        status = await m.wait(name)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from sdshim import naming, records, spawn
+from sdshim.errors import (
+    BundleError,
+    ContainerExistsError,
+    ContainerStateError,
+    CreateError,
+    NoSuchContainerError,
+    RuntimeNotFoundError,
+    SystemdError,
+)
+from sdshim.units.bus import UNIT_EXISTS, BusCallError, Systemd
+from sdshim.units.spec import ContainerSpec
+
+CONTROL_TIMEOUT = 10.0
+
+
+def resolve_runtime(runtime: str) -> str:
+    path = shutil.which(runtime)
+    if path is None:
+        raise RuntimeNotFoundError(
+            f"OCI runtime {runtime!r} not found; install runc or crun, "
+            "or pass --runtime with the runtime's path")
+    return str(Path(path).resolve())
+
+
+def check_bundle(bundle: Path) -> Path:
+    """The bundle's absolute path, if it is a directory with a usable config.json."""
+    bundle = bundle.absolute()
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {bundle} does not exist or is not a directory; "
+                          "give the directory that holds config.json and the rootfs")
+    config_path = bundle / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"bundle {bundle} has no config.json; create one with "
+                          f"`runc spec --bundle {bundle}`") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"cannot read {config_path}: {e}") from None
+    args = config.get("process", {}).get("args") if isinstance(config, dict) else None
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise BundleError(f"{config_path} has no command: set process.args to a "
+                          "non-empty list of strings")
+    return bundle
+
+
+class Manager:
+    def __init__(self, systemd: Systemd) -> None:
+        self.systemd = systemd
+
+    @classmethod
+    async def connect(cls) -> Manager:
+        return cls(await Systemd.connect())
+
+    async def __aenter__(self) -> Manager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.systemd.close()
+
+    # --- create and start ------------------------------------------------------------
+
+    async def create(self, bundle: Path, *, name: str | None = None, runtime: str = "runc",
+                     start: bool = False, **options: Any) -> str:
+        """Create (and with start=True, start) a container; its name.
+
+        options: properties (from spec.parse_properties), stop_timeout, stop_signal,
+        tag, log_max_line.
+        """
+        name = naming.validate_name(name) if name else naming.generate_name()
+        spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=check_bundle(bundle),
+                             runtime=resolve_runtime(runtime), start=start, **options)
+        if records.container_dir(name).exists() or await self.systemd.unit_properties(
+                spec.unit) is not None:
+            raise ContainerExistsError(
+                f"container {name} already exists; delete it with `sdshim delete {name}` "
+                "or choose another --name")
+        try:
+            result = await self.systemd.start_transient(spec.unit, spec.unit_properties())
+        except BusCallError as e:
+            if e.name == UNIT_EXISTS:
+                raise ContainerExistsError(f"container {name} already exists") from None
+            raise SystemdError(f"systemd refused to start {spec.unit}: {e}") from None
+        if result != "done":
+            raise await self._start_error(name, result)
+        return name
+
+    async def _start_error(self, name: str, result: str) -> CreateError:
+        exit_record = records.read_json(records.container_dir(name) / "exit.json")
+        if exit_record and exit_record.get("error"):
+            return CreateError(str(exit_record["error"]),
+                               int(exit_record.get("exit_code") or 125))
+        props = await self.systemd.service_state(naming.unit_name(name)) or {}
+        detail = props.get("StatusText") or f"job {result}, result {props.get('Result')}"
+        return CreateError(f"container {name} failed to start: {detail}; "
+                           f"see `journalctl -u {naming.unit_name(name)}`")
+
+    async def start(self, name: str) -> None:
+        status = await self.status(name)
+        if status["state"] != "created":
+            raise ContainerStateError(f"container {name} is {status['state']}, not created; "
+                                      "only a created container can be started")
+        reply = await self.control(name, {"op": "start"})
+        if not reply.get("ok"):
+            exit_record = await self._wait_exit_record(name, 2.0)
+            code = int(exit_record.get("exit_code") or 125) if exit_record else 125
+            raise CreateError(str(reply.get("error") or "start failed"), code)
+
+    async def _wait_exit_record(self, name: str, timeout: float) -> dict[str, Any] | None:
+        path = records.container_dir(name) / "exit.json"
+        for _ in range(int(timeout / 0.02)):
+            record = records.read_json(path)
+            if record:
+                return record
+            await asyncio.sleep(0.02)
+        return None
+
+    async def control(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the container's monitor over its control socket."""
+        path = records.container_dir(name) / "control"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(path)), CONTROL_TIMEOUT)
+        except (OSError, TimeoutError):
+            raise ContainerStateError(
+                f"container {name} has no running monitor (no control socket at {path})"
+            ) from None
+        try:
+            writer.write(json.dumps(request).encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            raise ContainerStateError(f"container {name}: monitor did not answer: {e}") from None
+        finally:
+            writer.close()
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise ContainerStateError(f"container {name}: monitor closed the control "
+                                      "connection without an answer") from None
+        return reply
+
+    # --- state ---------------------------------------------------------------------
+
+    async def status(self, name: str) -> dict[str, Any]:
+        naming.validate_name(name)
+        unit = naming.unit_name(name)
+        cdir = records.container_dir(name)
+        state = records.read_json(cdir / "state.json")
+        exit_record = records.read_json(cdir / "exit.json")
+        props = await self.systemd.service_state(unit)
+        if props is None and state is None and exit_record is None:
+            raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
+        state = state or {}
+        info: dict[str, Any] = {
+            "name": name, "id": state.get("id"), "unit": unit, "state": "unknown",
+            "pid": state.get("pid"), "exit_code": None, "signal": None,
+            "created_at": state.get("created_at"), "started_at": state.get("started_at"),
+            "finished_at": None, "error": None, "bundle": state.get("bundle"),
+            "runtime": state.get("runtime"), "monitor_pid": None,
+            "unit_state": None, "status_text": None,
+        }
+        if props is not None:
+            info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
+            info["status_text"] = props.get("StatusText") or None
+            info["monitor_pid"] = props.get("MainPID") or None
+        if exit_record is not None:
+            info.update(state="exited", exit_code=exit_record.get("exit_code"),
+                        signal=exit_record.get("signal"),
+                        finished_at=exit_record.get("finished_at"),
+                        error=exit_record.get("error"), pid=exit_record.get("pid"))
+            if exit_record.get("stop_signal"):
+                info["stop_signal"] = exit_record["stop_signal"]
+        elif _unit_ended(props):
+            info.update(state="exited", error=_monitor_death(props))
+        else:
+            info["state"] = {"created": "created", "running": "running"}.get(
+                str(state.get("status")), "creating")
+        return info
+
+    async def list(self) -> list[dict[str, Any]]:
+        names = set()
+        for unit, _active, _sub in await self.systemd.list_units(
+                [f"{naming.UNIT_PREFIX}*{naming.UNIT_SUFFIX}"]):
+            name = naming.name_from_unit(unit)
+            if name:
+                names.add(name)
+        if records.RUN_DIR.is_dir():
+            names.update(p.name for p in records.RUN_DIR.iterdir()
+                         if naming.NAME_RE.fullmatch(p.name))
+        statuses = []
+        for name in sorted(names):
+            with contextlib.suppress(NoSuchContainerError):
+                statuses.append(await self.status(name))
+        return statuses
+
+    async def wait(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """Until the container has exited; its status."""
+        changed = await self.systemd.watch_unit(naming.unit_name(name))
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            changed.clear()
+            status = await self.status(name)
+            if status["state"] == "exited":
+                return status
+            wait = 0.5
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    raise ContainerStateError(f"container {name} still {status['state']} "
+                                              f"after {timeout}s")
+            # The unit changes state when the monitor exits; the poll is a safety net.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+
+    # --- signals, stop, delete ---------------------------------------------------------
+
+    async def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
+        status = await self.status(name)
+        if status["state"] not in ("running", "created"):
+            raise ContainerStateError(f"container {name} is {status['state']}, not running")
+        reply = await self.control(name, {"op": "kill", "signal": signum})
+        if not reply.get("ok"):
+            raise ContainerStateError(f"container {name}: {reply.get('error')}")
+
+    async def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop signal, then SIGKILL after timeout seconds; the final status."""
+        status = await self.status(name)
+        if status["state"] == "exited":
+            return status
+        try:
+            await self.control(name, {"op": "stop", "timeout": timeout})
+        except ContainerStateError:
+            await self.systemd.stop(status["unit"])  # no monitor to ask: systemd's way
+        return await self.wait(name, timeout + 10)
+
+    async def delete(self, name: str, force: bool = False) -> None:
+        status = await self.status(name)
+        if status["state"] != "exited":
+            if not force:
+                raise ContainerStateError(
+                    f"container {name} is {status['state']}; stop it first "
+                    f"(`sdshim stop {name}`) or use `sdshim delete --force {name}`")
+            with contextlib.suppress(ContainerStateError):
+                await self.control(name, {"op": "kill", "signal": int(signal.SIGKILL)})
+            with contextlib.suppress(ContainerStateError):
+                await self.wait(name, 10)
+        unit = status["unit"]
+        await self.systemd.stop_and_wait(unit)
+        await self.systemd.reset_failed(unit)
+        self._remove_runtime_state(status)
+        shutil.rmtree(records.container_dir(name), ignore_errors=True)
+
+    def _remove_runtime_state(self, status: dict[str, Any]) -> None:
+        """If the monitor died before cleaning up, the runtime still has state for it."""
+        runtime, cid = status.get("runtime"), status.get("id")
+        if not runtime or not cid:
+            return
+        root = records.runtime_root(runtime)
+        if (root / cid).exists():
+            with contextlib.suppress(spawn.CommandError):
+                spawn.run([runtime, "--root", str(root), "delete", "--force", cid],
+                          check=False)
+            shutil.rmtree(root / cid, ignore_errors=True)
+
+
+def _unit_ended(props: dict[str, Any] | None) -> bool:
+    if props is None:
+        return True
+    active, sub = props.get("ActiveState"), props.get("SubState")
+    return active in ("inactive", "failed") or (active == "active" and sub == "exited")
+
+
+def _monitor_death(props: dict[str, Any] | None) -> str:
+    """Why there is no exit record: the monitor ended without writing one."""
+    if props is None:
+        return "the container's unit is gone and its monitor left no exit record"
+    code, status = props.get("ExecMainCode"), props.get("ExecMainStatus")
+    # ExecMainCode is a siginfo si_code: 1 exited, 2 killed, 3 dumped core.
+    if code in (2, 3) and status:
+        with contextlib.suppress(ValueError):
+            how = "killed by " + signal.Signals(int(status)).name
+            return f"the monitor died ({how}) before the container's exit was recorded; " \
+                   "the container's exit status is unknown"
+    return (f"the monitor ended (status {status}) without recording the container's exit; "
+            "the container's exit status is unknown")
+

@@ -1,0 +1,159 @@
+"""What a container's transient unit looks like: its D-Bus properties."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import Variant
+
+from sdshim import naming
+from sdshim.errors import UsageError
+
+USEC = 1_000_000
+# journald's per-unit rate limit. systemd 252 does not pass LogRateLimitIntervalSec=0
+# on to journald (systemd#22034), so "off" is a burst nobody reaches. journald scales
+# the burst by up to (log2(free bytes) - 16) / 4 in 32 bits, so stay well below 2**32/12.
+LOG_RATE_BURST_UNLIMITED = 100_000_000
+LOG_RATE_INTERVAL_USEC = 1 * USEC
+# Margin systemd waits beyond the monitor's own stop timeout before SIGKILLing all.
+STOP_MARGIN_SEC = 5.0
+
+
+@dataclass
+class ContainerSpec:
+    name: str
+    id: str
+    bundle: Path
+    runtime: str
+    start: bool = True
+    stop_timeout: float = 10.0
+    stop_signal: int = int(signal.SIGTERM)
+    tag: str = ""
+    log_max_line: int = 0
+    properties: list[tuple[str, Variant]] = field(default_factory=list)
+
+    @property
+    def unit(self) -> str:
+        return naming.unit_name(self.name)
+
+    def monitor_argv(self) -> list[str]:
+        # -I: isolated mode, no user site or PYTHON* variables: the monitor runs as
+        # installed, whatever the caller's environment.
+        argv = [sys.executable, "-I", "-m", "sdshim.shim",
+                "--name", self.name, "--id", self.id, "--bundle", str(self.bundle),
+                "--runtime", self.runtime, "--unit", self.unit,
+                "--stop-timeout", str(self.stop_timeout),
+                "--stop-signal", str(self.stop_signal)]
+        if self.start:
+            argv.append("--start")
+        if self.tag:
+            argv += ["--tag", self.tag]
+        if self.log_max_line:
+            argv += ["--log-max-line", str(self.log_max_line)]
+        return argv
+
+    def unit_properties(self) -> list[tuple[str, Variant]]:
+        argv = self.monitor_argv()
+        props = [
+            ("Description", Variant("s", f"sdshim container {self.name} ({self.bundle})")),
+            ("Slice", Variant("s", naming.SLICE)),
+            ("Type", Variant("s", "notify")),
+            ("NotifyAccess", Variant("s", "main")),
+            ("RemainAfterExit", Variant("b", True)),
+            ("Delegate", Variant("b", True)),
+            # SIGTERM goes to the monitor only, which stops the container its own way;
+            # whatever is left after the timeout is SIGKILLed by systemd.
+            ("KillMode", Variant("s", "mixed")),
+            ("TimeoutStopUSec", Variant("t", int((self.stop_timeout + STOP_MARGIN_SEC) * USEC))),
+            ("SyslogIdentifier", Variant("s", "sdshim")),
+            ("LogRateLimitIntervalUSec", Variant("t", LOG_RATE_INTERVAL_USEC)),
+            ("LogRateLimitBurst", Variant("u", LOG_RATE_BURST_UNLIMITED)),
+            ("Environment", Variant("as", [f"SDSHIM_CONTAINER={self.name}"])),
+            ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
+        ]
+        return props + self.properties
+
+
+# --- -p KEY=VALUE ---------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+UINT64_MAX = (1 << 64) - 1
+
+
+def parse_bytes(value: str) -> int:
+    if value == "infinity":
+        return UINT64_MAX
+    m = re.fullmatch(r"(\d+)([KMGT]?)", value.upper())
+    if not m:
+        raise ValueError("expected bytes like 512M, 2G or infinity")
+    return int(m[1]) * _SIZE_UNITS[m[2]]
+
+
+def parse_count(value: str) -> int:
+    if value == "infinity":
+        return UINT64_MAX
+    if not value.isdigit():
+        raise ValueError("expected a whole number or infinity")
+    return int(value)
+
+
+def parse_percent_quota(value: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", value)
+    if not m:
+        raise ValueError("expected a percentage like 50% (100% = one CPU)")
+    return int(float(m[1]) * 10_000)  # CPUQuotaPerSecUSec: usec of CPU per second
+
+
+def parse_weight(value: str) -> int:
+    n = int(value) if value.isdigit() else 0
+    if not 1 <= n <= 10000:
+        raise ValueError("expected a weight from 1 to 10000")
+    return n
+
+
+def parse_seconds(value: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|min)?", value)
+    if not m:
+        raise ValueError("expected a time like 30s, 500ms or 2min")
+    scale = {"ms": 1_000, "s": USEC, None: USEC, "min": 60 * USEC}[m[2]]
+    return int(float(m[1]) * scale)
+
+
+# KEY -> (D-Bus name, signature, parser). Names and types as systemd-run sends them
+# (src/shared/bus-unit-util.c).
+PROPERTIES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    "MemoryMax": ("MemoryMax", "t", parse_bytes),
+    "MemoryHigh": ("MemoryHigh", "t", parse_bytes),
+    "MemoryLow": ("MemoryLow", "t", parse_bytes),
+    "MemorySwapMax": ("MemorySwapMax", "t", parse_bytes),
+    "CPUQuota": ("CPUQuotaPerSecUSec", "t", parse_percent_quota),
+    "CPUWeight": ("CPUWeight", "t", parse_weight),
+    "IOWeight": ("IOWeight", "t", parse_weight),
+    "TasksMax": ("TasksMax", "t", parse_count),
+    "RuntimeMaxSec": ("RuntimeMaxUSec", "t", parse_seconds),
+    "Nice": ("Nice", "i", int),
+}
+
+
+def parse_properties(items: Sequence[str]) -> list[tuple[str, Variant]]:
+    props = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"invalid property {item!r}: use KEY=VALUE, e.g. MemoryMax=512M")
+        if key not in PROPERTIES:
+            raise UsageError(f"unsupported property {key!r}; supported: "
+                             + ", ".join(sorted(PROPERTIES)))
+        dbus_name, sig, parse = PROPERTIES[key]
+        try:
+            parsed = parse(value)
+        except ValueError as e:
+            raise UsageError(f"invalid value for {key}: {value!r}: {e}") from None
+        props.append((dbus_name, Variant(sig, parsed)))
+    return props
