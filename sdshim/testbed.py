@@ -148,7 +148,8 @@ class Box:
         state = ""
         while time.monotonic() < deadline:
             if self.launcher.poll() is not None:
-                raise TestbedError(f"test-bed systemd exited with status {self.launcher.returncode}")
+                raise TestbedError(
+                    f"test-bed systemd exited with status {self.launcher.returncode}")
             proc = self.run(["systemctl", "is-system-running"], timeout=10)
             state = proc.stdout.decode().strip()
             if state in ("running", "degraded"):

@@ -20,8 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
-import traceback
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ class Monitor:
         self.control: socket.socket | None = None
         self.starting = False  # start requested (by --start or the control socket)
         self.started = False
+        self.exec_confirmed = False  # the runtime's init has become the container's command
         self.exited = False
 
     # --- set-up ---------------------------------------------------------------------
@@ -94,6 +95,9 @@ class Monitor:
         for sig in (signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, _noop)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
+        # Signals that arrived before setup() was reached (see main()).
+        for signum in sorted(_early_signals):
+            os.write(wake_w, bytes([signum]))
 
         records.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700, exist_ok=True)
@@ -362,20 +366,24 @@ class Monitor:
         for it here lets start report it instead of a container that 'ran' and exited.
         """
         deadline = time.monotonic() + 2.0
-        rt_name = self.rt.name
+        # Until exec, the init is the runtime itself (often a memfd copy of it).
+        names = {"runc", "crun", self.rt.name}
         while not self.exited and time.monotonic() < deadline:
             try:
                 exe = os.readlink(f"/proc/{self.pid}/exe")
             except OSError:
                 exe = ""
-            if exe and rt_name not in exe:
+            if exe and not any(n in exe for n in names):
+                self.exec_confirmed = True
                 return
             self.loop_until(lambda: self.exited, timeout=0.001)
 
     def exec_failure(self) -> str:
         """The runtime's execve error, if that is why the container ended."""
         status = self.reaped.get(self.pid)
-        if status is None or os.waitstatus_to_exitcode(status) != 255:
+        # runc 1.1 exits 1 after printing the error, other versions 255.
+        if self.exec_confirmed or status is None or \
+                os.waitstatus_to_exitcode(status) not in (1, 255):
             return ""
         self.drain(0.5)
         line = self.streams[1].last_line.strip()
@@ -441,10 +449,7 @@ class Monitor:
                 READY=1, STATUS=f"Container {self.name} created, pid {self.pid}")
         self.loop_until(lambda: self.exited)
         status = self.reaped[self.pid]
-        if not self.started:
-            failure = ""
-        else:
-            failure = self.exec_failure()
+        failure = self.exec_failure() if self.started else ""
         if failure:
             return self.fail(failure)
         result: dict[str, Any] = {"error": None}
@@ -483,7 +488,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+_early_signals: set[int] = set()
+
+
+def _early(signum: int, _frame: object) -> None:
+    _early_signals.add(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # First thing: a stop request during start-up must be kept, not kill the monitor.
+    for sig in FORWARDED:
+        signal.signal(sig, _early)
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if shutil.which(opts.runtime) is None:
         print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)

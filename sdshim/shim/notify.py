@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -22,10 +23,9 @@ class Notifier:
             return
         lines = [f"{k}={_one_line(str(v))}" for k, v in fields.items()]
         msg = "\n".join(lines).encode()[:MAX_NOTIFY]
-        try:
+        # No manager listening (run by hand): nothing to tell.
+        with contextlib.suppress(OSError):
             self.sock.sendto(msg, self.addr)
-        except OSError:
-            pass  # no manager listening (run by hand): nothing to tell
 
 
 def _one_line(value: str) -> str:

@@ -1,0 +1,168 @@
+"""Test bed: a real systemd, journald, D-Bus and runc for every integration test.
+
+By default the session boots a throwaway systemd (sdshim.testbed) and runs each
+command inside it with nsenter. SDSHIM_TEST_HOST_SYSTEMD=1 uses the host's systemd
+instead (it must be PID 1), for packagers on ordinary hosts.
+
+A facility the tests need and do not find fails the run under CI (CI=true) and is a
+named skip elsewhere, never a silent one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdshim import bundle as bundles
+from sdshim import testbed
+
+REPO = Path(__file__).resolve().parent.parent
+PREFIX = "sdt-"  # every container a test makes; cleanup touches only these
+
+
+def missing(what: str) -> None:
+    """A facility is missing: fail under CI, skip with its name elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"test bed incomplete: {what}", pytrace=False)
+    pytest.skip(f"test bed incomplete: {what}")
+
+
+@dataclass
+class Bed:
+    """Where the tests run commands: inside the booted box, or on the host."""
+
+    box: testbed.Box | None
+    scratch: Path
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        return self.box.argv(argv) if self.box else list(argv)
+
+    def run(self, argv: Sequence[str], *, input: bytes | None = None,
+            timeout: float = 120, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.argv(argv), input=input, capture_output=True,
+                              timeout=timeout, env=env, check=False)
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv(argv), **kw)
+
+    def sdshim(self, *args: str, input: bytes | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        return self.run([sys.executable, "-m", "sdshim", *args], input=input, timeout=timeout)
+
+    def path(self, path: str) -> Path:
+        """A path inside the bed, readable from the test process."""
+        if self.box is None:
+            return Path(path)
+        return Path(f"/proc/{self.box.pid}/root") / path.lstrip("/")
+
+    def read(self, path: str) -> str:
+        """A file's text as seen inside the bed (pids in cgroup.procs are namespaced)."""
+        return self.run(["cat", path]).stdout.decode()
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run(["systemctl", "show", unit, *(f"-p{p}" for p in props)])
+        return dict(line.split("=", 1) for line in out.stdout.decode().splitlines() if "=" in line)
+
+    def journal(self, *matches: str) -> list[dict[str, Any]]:
+        out = self.run(["journalctl", "--no-pager", "-o", "json", "--all", *matches])
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _prerequisites() -> list[str]:
+    lacking = []
+    if os.geteuid() != 0:
+        lacking.append("root")
+    for prog in ("runc", "unshare", "nsenter", "journalctl", "systemctl"):
+        if shutil.which(prog) is None:
+            lacking.append(prog)
+    if not bundles.BUSYBOX.exists():
+        lacking.append("busybox-static (/bin/busybox)")
+    try:
+        import dbus_fast  # noqa: F401
+    except ImportError:
+        lacking.append("python module dbus_fast")
+    return lacking
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    lacking = _prerequisites()
+    if lacking:
+        missing(", ".join(lacking))
+    scratch = tmp_path_factory.mktemp("bed")
+    if os.environ.get("SDSHIM_TEST_HOST_SYSTEMD") == "1":
+        if not Path("/run/systemd/system").is_dir():
+            missing("SDSHIM_TEST_HOST_SYSTEMD=1 but systemd is not PID 1 here")
+        yield Bed(None, scratch)
+        return
+    box = testbed.boot([REPO, scratch])
+    try:
+        yield Bed(box, scratch)
+    finally:
+        box.stop()
+
+
+@pytest.fixture
+def name(bed: Bed) -> Iterator[str]:
+    """A fresh container name; whatever the test leaves under it is deleted after."""
+    n = f"{PREFIX}{secrets.token_hex(4)}"
+    yield n
+    cleanup(bed)
+
+
+def cleanup(bed: Bed) -> None:
+    out = bed.sdshim("list", "--json")
+    for status in json.loads(out.stdout or b"[]"):
+        if status["name"].startswith(PREFIX):
+            bed.sdshim("delete", "--force", status["name"])
+
+
+@pytest.fixture
+def make_bundle(bed: Bed) -> Any:
+    """make_bundle(*args) -> a busybox bundle running args, inside the shared scratch."""
+    base = bed.scratch / "bundles"
+
+    def make(*args: str, **kw: Any) -> Path:
+        target = base / secrets.token_hex(4)
+        rootfs = base / "rootfs"
+        if not rootfs.exists():
+            bundles.make_busybox(base / "template", ["true"])
+            (base / "template/rootfs").rename(rootfs)
+        target.mkdir(parents=True)
+        (target / "rootfs").symlink_to(rootfs)
+        bundles.write_config(target, args, **kw)
+        return target
+
+    return make
+
+
+def assert_clean(bed: Bed, name: str, cid: str | None = None) -> None:
+    """Nothing of container `name` (id cid) is left: unit, records, runtime state."""
+    units = bed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                     f"sdshim-{name}.service"]).stdout.decode()
+    assert units.strip() == "", units
+    assert not bed.path(f"/run/sdshim/{name}").exists()
+    if cid:
+        runc = bed.run(["runc", "--root", "/run/sdshim/.runtime/runc", "list", "-q"])
+        assert cid not in runc.stdout.decode().split()
+        assert not bed.path(f"/run/sdshim/.runtime/runc/{cid}").exists()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI timeouts, `kill`) must tear the test bed down like Ctrl-C does.
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
