@@ -166,15 +166,20 @@ class Box:
             return
         self.stopped = True
         try:
-            if self.pid:
+            # Interrupted during boot, the PID may not be known yet. Never signal pid 0:
+            # that is our own process group.
+            pid = self.pid or _child_of(self.launcher.pid)
+            if pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGRTMIN + 4)  # systemd: power off
+                    os.kill(pid, signal.SIGRTMIN + 4)  # systemd: power off
             try:
-                self.launcher.wait(timeout=10)
+                self.launcher.wait(timeout=10 if pid else 0.5)
             except subprocess.TimeoutExpired:
-                # Killing PID 1 of a pid namespace ends every process in it.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
+                # Killing PID 1 of a pid namespace ends every process in it; killing
+                # unshare kills its child too (--kill-child).
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self.launcher.kill()
                 self.launcher.wait(timeout=10)
         finally:
@@ -232,18 +237,24 @@ def boot(shares: Sequence[Path] = (), name: str | None = None, timeout: float = 
     return box
 
 
+def _child_of(pid: int) -> int:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    return int(kids[0]) if kids else 0
+
+
 def _wait_child(launcher: subprocess.Popen[bytes], timeout: float) -> int:
     """PID (host view) of the box's PID 1: unshare's only child, once it runs systemd."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if launcher.poll() is not None:
             raise TestbedError(f"test-bed launcher exited with status {launcher.returncode}")
-        with contextlib.suppress(OSError, ValueError):
-            kids = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-            if kids:
-                pid = int(kids[0])
-                if os.readlink(f"/proc/{pid}/exe").endswith("/systemd"):
-                    return pid
+        pid = _child_of(launcher.pid)
+        with contextlib.suppress(OSError):
+            if pid and os.readlink(f"/proc/{pid}/exe").endswith("/systemd"):
+                return pid
         time.sleep(0.01)
     raise TestbedError("test-bed systemd did not start")
 
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
     if not cmd:
         parser.error("give a command to run inside the box, after --")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with booted([p.resolve() for p in ns.share]) as box:
             proc = spawn.start(box.argv(cmd))
@@ -353,10 +364,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 proc.terminate()
                 proc.wait()
-                return 130
+                raise
+    except KeyboardInterrupt:
+        return 130
     except SdshimError as e:
         print(f"sdshim.testbed: {e}", file=sys.stderr)
         return 125
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    # SIGTERM takes the same way out as Ctrl-C, through every cleanup.
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
