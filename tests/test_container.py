@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -376,3 +377,24 @@ def _sdshim() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "sdshim"]
+
+
+def test_attached_run_forwards_signals_to_the_container(bed: Bed, name: str,
+                                                        make_bundle: Any) -> None:
+    import signal
+    import subprocess
+
+    bundle = make_bundle("sh", "-c", "trap 'echo got-int; exit 5' INT; echo up; "
+                                     "while :; do sleep 0.05; done")
+    proc = bed.popen([*_sdshim(), "run", "--name", name, str(bundle)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"up\n"
+    # Ctrl-C's SIGINT, to the CLI itself (in the bed, nsenter's child).
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    cli = int(children.read_text().split()[0]) if bed.box else proc.pid
+    os.kill(cli, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5, err
+    assert out == b"got-int\n"
+    assert status(bed, name)["exit_code"] == 5

@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _proxy_signals(m: Any, name: str) -> None:
+    """While attached, signals to the CLI go to the container (docker's --sig-proxy)."""
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        task = loop.create_task(m.kill(name, signum))
+        # The container may be gone already; its exit ends the attached run anyway.
+        task.add_done_callback(lambda t: t.exception())
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
+                signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(sig, forward, int(sig))
+
+
 def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from sdshim.units.spec import parse_properties
 
@@ -145,6 +159,7 @@ async def run_command(args: argparse.Namespace) -> int:
             if cmd == "create" or args.detach:
                 print(name)
                 return 0
+            _proxy_signals(m, name)
             try:
                 await _print_logs(m, name, argparse.Namespace(
                     follow=True, since=None, tail=None, stream=None, timestamps=False,
