@@ -398,3 +398,17 @@ def test_attached_run_forwards_signals_to_the_container(bed: Bed, name: str,
     assert proc.returncode == 5, err
     assert out == b"got-int\n"
     assert status(bed, name)["exit_code"] == 5
+
+
+def test_crun_runs_in_the_unit_too(bed: Bed, name: str, make_bundle: Any) -> None:
+    out = bed.sdshim("run", "--runtime", "crun", "--name", name,
+                     str(make_bundle("sh", "-c", "echo via-crun; exit 6")))
+    assert out.returncode == 6 and out.stdout == b"via-crun\n", out.stderr
+    missing_cmd = bed.sdshim("run", "--runtime", "crun", "--name", f"{name}-x",
+                             str(make_bundle("bahs")))
+    assert missing_cmd.returncode == 127 and "bahs" in one_line_error(missing_cmd)
+    assert bed.sdshim("run", "-d", "--runtime", "crun", "--name", f"{name}-d",
+                      str(make_bundle("sleep", "100"))).returncode == 0
+    s = status(bed, f"{name}-d")
+    cg = bed.show(f"sdshim-{name}-d.service", "ControlGroup")["ControlGroup"]
+    assert str(s["pid"]) in bed.read(f"/sys/fs/cgroup/unified{cg}/container/cgroup.procs")

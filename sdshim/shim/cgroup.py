@@ -38,26 +38,41 @@ def _mount_of(key: str) -> Path | None:
     return None
 
 
-def split(unit: str) -> str:
-    """Move this process to <unit cgroup>/supervisor everywhere; return the container path.
+def _unit_leaves(unit: str, leaf: str) -> list[Path]:
+    """<unit cgroup>/leaf in every hierarchy where this process is inside the unit."""
+    leaves = []
+    for key, path in own_cgroups().items():
+        parts = path.rstrip("/").split("/")
+        if unit not in parts:
+            continue
+        mount = _mount_of(key)
+        if mount is not None:
+            unit_path = "/".join(parts[: parts.index(unit) + 1])
+            leaves.append(mount / unit_path.lstrip("/") / leaf)
+    return leaves
 
-    Outside a unit (run by hand), leave everything as it is.
-    """
+
+def _move(leaves: list[Path], pid: int) -> None:
+    for leaf in leaves:
+        try:
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            continue  # a hierarchy not delegated to us: the runtime will cope
+
+
+def adopt(unit: str, pid: int) -> None:
+    """Put pid into the container leaf everywhere (for runtimes that do not, e.g. crun
+    with its cgroup manager disabled); a no-op where the runtime already did."""
+    _move(_unit_leaves(unit, CONTAINER), pid)
+
+
+def split(unit: str) -> str:
+    """Move this process to <unit cgroup>/supervisor everywhere; return the container
+    path for the runtime's cgroupsPath. Outside a unit (run by hand), change nothing."""
     cgroups = own_cgroups()
     unified = cgroups.get("", cgroups.get("name=systemd", ""))
     if not unified.endswith("/" + unit):
         return ""
-    base = unified
-    for key, path in cgroups.items():
-        if not path.endswith("/" + unit):
-            continue
-        mount = _mount_of(key)
-        if mount is None:
-            continue
-        leaf = mount / path.lstrip("/") / SUPERVISOR
-        try:
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError:
-            continue  # a hierarchy not delegated to us: the runtime will cope
-    return f"{base}/{CONTAINER}"
+    _move(_unit_leaves(unit, SUPERVISOR), os.getpid())
+    return f"{unified}/{CONTAINER}"

@@ -336,6 +336,8 @@ class Monitor:
             return f"{self.rt.name} create left no usable pid file: {e}"
         if self.pid in self.reaped:
             self.exited = True
+        elif self.opts.unit:
+            cgroup.adopt(self.opts.unit, self.pid)
         self.write_state(status="created", pid=self.pid)
         return ""
 
