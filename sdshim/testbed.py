@@ -19,6 +19,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -325,7 +326,7 @@ def _init(name: str, staging: str, shares: list[str]) -> None:
         link.symlink_to("/dev/null")
     # A fresh machine id, so journald writes this box's journal, not the host's.
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-    spawn.run(["hostname", name[:63]], check=False)
+    socket.sethostname("sdshim-testbed")
     os.chdir(root)
     (root / ".oldroot").mkdir(exist_ok=True)
     spawn.run(["pivot_root", ".", ".oldroot"])
