@@ -19,7 +19,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -326,7 +325,7 @@ def _init(name: str, staging: str, shares: list[str]) -> None:
         link.symlink_to("/dev/null")
     # A fresh machine id, so journald writes this box's journal, not the host's.
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-    socket.sethostname("sdshim-testbed")
+    (root / "etc/hostname").write_text("sdshim-testbed\n")  # systemd sets it at boot
     os.chdir(root)
     (root / ".oldroot").mkdir(exist_ok=True)
     spawn.run(["pivot_root", ".", ".oldroot"])
