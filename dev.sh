@@ -6,8 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# python3-dbus-fast: Debian's (1.84), so pip keeps it and the suite runs against
+# it; the rest builds and checks the .deb and .rpm (`make deb rpm`).
 APT_PACKAGES=(runc crun busybox-static conmon util-linux mount systemd dbus
-              python3 python3-pip python3-venv)
+              python3 python3-pip python3-venv python3-dbus-fast
+              make dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+              python3-setuptools python3-build python3-installer python3-wheel
+              rpm lintian man-db)
 
 setup() {
     local missing=()

@@ -64,6 +64,10 @@ class Monitor:
     def __init__(self, opts: argparse.Namespace) -> None:
         self.opts = opts
         self.name: str = opts.name
+        if not opts.id:  # a template unit (sdshim@.service) has no manager to pick one
+            from sdshim.naming import generate_id  # lazily: secrets costs 3 ms to import
+
+            opts.id = generate_id()
         self.id: str = opts.id
         self.dir = records.container_dir(self.name)
         self.notifier = Notifier()
@@ -478,7 +482,7 @@ def _noop(_signum: int, _frame: object) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sdshim-monitor")
     p.add_argument("--name", required=True)
-    p.add_argument("--id", required=True)
+    p.add_argument("--id", default="", help="container id (default: generated)")
     p.add_argument("--bundle", required=True)
     p.add_argument("--runtime", required=True)
     p.add_argument("--unit", default=os.environ.get("SDSHIM_UNIT", ""))

@@ -164,9 +164,10 @@ class Manager:
 
     async def status(self, name: str) -> dict[str, Any]:
         naming.validate_name(name)
-        unit = naming.unit_name(name)
         cdir = records.container_dir(name)
         state = records.read_json(cdir / "state.json")
+        # The monitor records its unit: sdshim@NAME.service for a boot-time container.
+        unit = str((state or {}).get("unit") or naming.unit_name(name))
         exit_record = records.read_json(cdir / "exit.json")
         props = await self.systemd.service_state(unit)
         if props is None and state is None and exit_record is None:
@@ -216,7 +217,7 @@ class Manager:
 
     async def wait(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """Until the container has exited; its status."""
-        changed = await self.systemd.watch_unit(naming.unit_name(name))
+        changed = await self.systemd.watch_unit((await self.status(name))["unit"])
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

@@ -1,0 +1,310 @@
+"""The .deb and the .rpm: built once from a copy of the tree, the .deb installed with
+apt INTO the test-bed box (its root is an overlay with a tmpfs upper layer, so the
+host's dpkg database and /usr stay untouched) and used there with Debian's python3
+and python3-dbus-fast: the CLI, then sdshim@.service; then purged."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdshim import __version__
+from sdshim import bundle as bundles
+from sdshim.units.cli import build_parser
+from tests.conftest import PREFIX, REPO, Bed, missing
+
+# What the installed package runs with: Debian's tools and python3, no pyenv or venv.
+SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+              "DEBIAN_FRONTEND": "noninteractive"}
+BUILD_TOOLS = ("make", "dpkg-buildpackage", "dh_python3", "lintian", "rpmbuild", "rpm")
+DEB_FILES = ("/usr/bin/sdshim", "/lib/systemd/system/sdshim.slice",
+             "/lib/systemd/system/sdshim@.service", "/usr/lib/tmpfiles.d/sdshim.conf",
+             "/usr/share/man/man1/sdshim.1.gz", "/usr/share/bash-completion/completions/sdshim",
+             "/usr/lib/python3/dist-packages/sdshim/shim/monitor.py", "/var/lib/sdshim/bundles")
+SYSTEM_SITE = "/usr/lib/python3/dist-packages/"
+POLICY_RC = "/usr/sbin/policy-rc.d"
+
+
+@dataclass
+class Packages:
+    deb: Path
+    rpm: Path
+
+
+def _git_status() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--ignored"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
+    """`make deb rpm` once per session, into a temporary directory."""
+    lacking = [t for t in BUILD_TOOLS if shutil.which(t, path=SYSTEM_ENV["PATH"]) is None]
+    if lacking:
+        missing("package build tools " + ", ".join(lacking) + " (see APT_PACKAGES in dev.sh)")
+    out = tmp_path_factory.mktemp("packages")
+    before = _git_status()
+    build = subprocess.run(["make", "-C", str(REPO), "deb", "rpm", f"OUT={out}"],
+                           capture_output=True, text=True, timeout=600, check=False,
+                           env={**os.environ, **SYSTEM_ENV})
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    # The build ran in a copy: not even an ignored file (build/, __pycache__) appeared.
+    assert _git_status() == before
+    return Packages(out / f"sdshim_{__version__}_all.deb",
+                    out / f"sdshim-{__version__}-1.noarch.rpm")
+
+
+def test_rpm_has_the_debs_contents_and_requirements(packages: Packages) -> None:
+    files = subprocess.run(["rpm", "-qlp", str(packages.rpm)], capture_output=True,
+                           text=True, check=True).stdout.split()
+    for path in ("/usr/bin/sdshim", "/usr/lib/systemd/system/sdshim.slice",
+                 "/usr/lib/systemd/system/sdshim@.service", "/usr/lib/tmpfiles.d/sdshim.conf",
+                 "/usr/share/man/man1/sdshim.1", "/usr/share/bash-completion/completions/sdshim",
+                 "/var/lib/sdshim/bundles"):
+        assert any(f.startswith(path) for f in files), (path, files)
+    assert any(f.endswith("/site-packages/sdshim/shim/monitor.py") for f in files), files
+    requires = subprocess.run(["rpm", "-qp", "--requires", str(packages.rpm)],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "(runc or crun)" in requires
+    assert "python3-dbus-fast >= 1.84" in requires
+    assert "python3 >= 3.11" in requires
+    info = subprocess.run(["rpm", "-qp", "--qf", "%{ARCH} %{VERSION}", str(packages.rpm)],
+                          capture_output=True, text=True, check=True).stdout
+    assert info == f"noarch {__version__}"
+
+
+def test_deb_metadata(packages: Packages) -> None:
+    fields = subprocess.run(["dpkg-deb", "-f", str(packages.deb), "Architecture", "Depends",
+                             "Version"], capture_output=True, text=True, check=True).stdout
+    assert "Architecture: all" in fields and f"Version: {__version__}" in fields
+    depends = fields.split("Depends:", 1)[1].splitlines()[0]
+    assert "python3-dbus-fast (>= 1.84)" in depends and "runc | crun" in depends
+    assert "python3" in depends.replace("python3-dbus-fast", "")
+    # The template is for the administrator to enable: no maintainer script touches it.
+    scripts = subprocess.run(["dpkg-deb", "-I", str(packages.deb), "postinst", "prerm",
+                              "postrm"], capture_output=True, check=True).stdout
+    assert b"sdshim@" not in scripts and b"sdshim.slice" in scripts
+
+
+# --- the .deb installed in the box ------------------------------------------------------
+
+
+@dataclass
+class Installed:
+    bed: Bed
+    files: list[str]
+
+    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """argv inside the box with Debian's PATH and nothing of the caller's environment."""
+        return self.bed.run(argv, env=SYSTEM_ENV, timeout=timeout)
+
+    def ok(self, *argv: str) -> str:
+        out = self.run(*argv)
+        assert out.returncode == 0, (argv, out.stdout, out.stderr)
+        return out.stdout.decode()
+
+    def sdshim(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return self.run("/usr/bin/sdshim", *args)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        text = self.ok("systemctl", "show", unit, *(f"-p{p}" for p in props))
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def _python_site_dirs_to_hide(bed: Bed) -> list[str]:
+    """/usr/local site dirs: a global `pip install -e .` (dev.sh) there would shadow the
+    package's code and python3-dbus-fast for Debian's python3."""
+    out = bed.run(["/usr/bin/python3", "-I", "-c",
+                   "import site; print('\\n'.join(site.getsitepackages()))"])
+    return [d for d in out.stdout.decode().split() if d.startswith("/usr/local/")
+            and bed.path(d).is_dir()]
+
+
+@pytest.fixture(scope="module")
+def installed(bed: Bed, packages: Packages) -> Iterator[Installed]:
+    if bed.box is None:
+        pytest.skip("package install tests run only in the test-bed box, never on the host "
+                    "(unset SDSHIM_TEST_HOST_SYSTEMD)")
+    # The box's root must be the overlay, or apt would install on the host.
+    assert bed.run(["findmnt", "-n", "-o", "FSTYPE", "/"]).stdout.decode().strip() == "overlay"
+    if Path("/usr/bin/sdshim").exists() or subprocess.run(
+            ["dpkg-query", "-W", "sdshim"], capture_output=True, check=False).returncode == 0:
+        missing("sdshim is installed on the host; remove it so the package tests can tell "
+                "the box's install from the host's")
+    # Make the box a plain Debian host, in its own mount namespace only.
+    hidden = _python_site_dirs_to_hide(bed)
+    for d in hidden:
+        assert bed.run(["mount", "-t", "tmpfs", "-o", "ro,mode=0755", "hidden", d]).returncode == 0
+    if bed.path(POLICY_RC).exists():
+        # Docker images forbid starting and stopping services in maintainer scripts;
+        # a non-executable policy-rc.d counts as none.
+        assert bed.run(["mount", "--bind", "/dev/null", POLICY_RC]).returncode == 0
+        hidden.append(POLICY_RC)
+    deb = bed.scratch / packages.deb.name
+    shutil.copy(packages.deb, deb)
+    inst = Installed(bed, [])
+    try:
+        inst.ok("apt-get", "install", "-y", "--no-install-recommends", str(deb))
+        inst.files = [f for f in inst.ok("dpkg", "-L", "sdshim").split() if f != "/."]
+        yield inst
+    finally:
+        inst.run("apt-get", "purge", "-y", "sdshim")  # if a test failed before the purge test
+        for d in hidden:
+            bed.run(["umount", d])
+        deb.unlink()
+    # The box's install never reached the host.
+    assert not Path("/usr/bin/sdshim").exists()
+    assert subprocess.run(["dpkg-query", "-W", "sdshim"], capture_output=True,
+                          check=False).returncode != 0
+
+
+def test_installed_cli_runs_a_container_with_debians_python(
+        installed: Installed, make_bundle: Any) -> None:
+    for path in DEB_FILES:
+        assert path in installed.files, path
+    # Debian's python3 runs the package's code with Debian's python3-dbus-fast.
+    where = installed.ok("/usr/bin/python3", "-c", "import sdshim, dbus_fast, importlib.metadata"
+                         " as m; print(sdshim.__file__, dbus_fast.__file__,"
+                         " m.version('dbus-fast'))").split()
+    assert where[0].startswith(SYSTEM_SITE) and where[1].startswith(SYSTEM_SITE), where
+    assert installed.ok("head", "-1", "/usr/bin/sdshim").strip() == "#!/usr/bin/python3"
+    assert installed.ok("stat", "-c", "%a", "/run/sdshim").strip() == "700"  # tmpfiles.d
+
+    name = f"{PREFIX}{secrets.token_hex(4)}"
+    bundle = make_bundle("sh", "-c", "echo pkg-out; echo pkg-err >&2; exit 7")
+    run = installed.sdshim("run", "-d", "--name", name, str(bundle))
+    assert run.returncode == 0 and run.stdout.decode().strip() == name, run.stderr
+    wait = installed.sdshim("wait", name)
+    assert wait.returncode == 7 and wait.stdout.decode().strip() == "7", wait.stderr
+    show = installed.show(f"sdshim-{name}.service", "ExecStart", "Slice", "ExecMainStatus")
+    assert "path=/usr/bin/python3 " in show["ExecStart"], show
+    assert show["Slice"] == "sdshim.slice" and show["ExecMainStatus"] == "7"
+    status = json.loads(installed.ok("/usr/bin/sdshim", "status", "--json", name))
+    assert status["state"] == "exited" and status["exit_code"] == 7
+    journal = [json.loads(line) for line in installed.ok(
+        "journalctl", "-o", "json", f"CONTAINER_NAME={name}").splitlines()]
+    assert sorted((e["MESSAGE"], e["PRIORITY"]) for e in journal) == [("pkg-err", "3"),
+                                                                     ("pkg-out", "6")]
+    assert installed.sdshim("delete", name).returncode == 0
+
+
+def test_template_unit_runs_the_bundle_as_a_boot_service(installed: Installed) -> None:
+    name = f"{PREFIX}boot-{secrets.token_hex(3)}"
+    unit = f"sdshim@{name}.service"
+    # Fails once (a marker in its rootfs remembers), then runs until stopped.
+    script = ('trap "echo stopping; exit 0" TERM; '
+              'if [ ! -e /ran-once ]; then touch /ran-once; echo first; sleep 1; exit 3; fi; '
+              'echo second; while :; do sleep 0.1; done')
+    bundle = installed.bed.path(f"/var/lib/sdshim/bundles/{name}")
+    bundles.make_busybox(bundle, ["sh", "-c", script])
+    dropin = installed.bed.path(f"/etc/systemd/system/{unit}.d/test.conf")
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Service]\nRestart=on-failure\nRestartSec=100ms\nMemoryMax=64M\n"
+                      "Environment=\"SDSHIM_OPTIONS=--tag boot-tag --stop-timeout 5\"\n")
+    try:
+        installed.ok("systemctl", "daemon-reload")
+        installed.ok("systemctl", "enable", "--now", unit)
+        assert installed.ok("systemctl", "is-enabled", unit).strip() == "enabled"
+        props = _wait_props(installed, unit, lambda p: p["SubState"] == "running"
+                            and p["NRestarts"] == "1",
+                            "SubState", "NRestarts", "StatusText", "ControlGroup", "MemoryMax",
+                            "Type", "Delegate", "RemainAfterExit", "MainPID")
+        assert props["Type"] == "notify" and props["Delegate"] == "yes"
+        assert props["RemainAfterExit"] == "no" and props["MemoryMax"] == str(64 << 20)
+        assert props["ControlGroup"] == f"/sdshim.slice/{unit}"
+        assert f"Container {name} running" in props["StatusText"]
+        status = json.loads(installed.ok("/usr/bin/sdshim", "status", "--json", name))
+        assert status["state"] == "running" and status["unit"] == unit
+        assert status["monitor_pid"] == int(props["MainPID"])
+        assert name in installed.ok("systemctl", "status", "--no-pager", "sdshim.slice")
+        # The completion knows the container by name, and the commands.
+        assert name in _complete(installed, "sdshim", "status", name[:6])
+        assert _complete(installed, "sdshim", "st") == ["start", "status", "stop"]
+        assert "--stream" in _complete(installed, "sdshim", "logs", "--s")
+        assert "SIGTERM" in _complete(installed, "sdshim", "kill", "-s", "sigte")
+
+        installed.ok("systemctl", "disable", "--now", unit)
+        props = installed.show(unit, "ActiveState", "ExecMainStatus")
+        assert props == {"ActiveState": "inactive", "ExecMainStatus": "0"}
+        lines = [(e["MESSAGE"], e.get("CONTAINER_TAG")) for e in map(json.loads, installed.ok(
+            "journalctl", "-o", "json", "-u", unit, f"CONTAINER_NAME={name}").splitlines())]
+        assert lines == [("first", "boot-tag"), ("second", "boot-tag"),
+                         ("stopping", "boot-tag")]
+        exit_record = json.loads(installed.ok("cat", f"/run/sdshim/{name}/exit.json"))
+        assert exit_record["exit_code"] == 0 and exit_record["stop_signal"] == "SIGTERM"
+        assert installed.ok("/usr/bin/sdshim", "wait", name).strip() == "0"
+
+        # A bundle that is not there: the unit fails, saying which file is missing.
+        missing_unit = f"sdshim@{PREFIX}missing.service"
+        assert installed.run("systemctl", "start", missing_unit).returncode != 0
+        failed = installed.show(missing_unit, "ActiveState", "StatusText", "ExecMainStatus")
+        assert failed["ActiveState"] == "failed" and failed["ExecMainStatus"] == "125"
+        assert f"/var/lib/sdshim/bundles/{PREFIX}missing/config.json" in failed["StatusText"]
+    finally:
+        installed.run("systemctl", "disable", "--now", unit)
+        installed.run("systemctl", "reset-failed", f"sdshim@{PREFIX}missing.service")
+        shutil.rmtree(dropin.parent, ignore_errors=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+        for n in (name, f"{PREFIX}missing"):
+            shutil.rmtree(installed.bed.path(f"/run/sdshim/{n}"), ignore_errors=True)
+
+
+def test_man_page_documents_every_command(installed: Installed) -> None:
+    page = installed.ok("man", "-P", "cat", "sdshim")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in sub.choices:
+        assert f"sdshim {command}" in page or f"Also: {command}" in page, command
+    assert "sdshim@.service" in page and "SDSHIM_BUNDLE" in page
+
+
+def test_purge_stops_containers_and_leaves_nothing(installed: Installed,
+                                                   make_bundle: Any) -> None:
+    name = f"{PREFIX}{secrets.token_hex(4)}"
+    bundle = make_bundle("sh", "-c", 'trap "exit 0" TERM; while :; do sleep 0.1; done')
+    run = installed.sdshim("run", "-d", "--name", name, str(bundle))
+    assert run.returncode == 0, run.stderr
+    pid = json.loads(installed.ok("/usr/bin/sdshim", "status", "--json", name))["pid"]
+    assert installed.bed.path(f"/proc/{pid}").exists()
+    installed.ok("apt-get", "purge", "-y", "sdshim")
+    # prerm stopped the slice, and with it the container, whose monitor is gone.
+    assert installed.show(f"sdshim-{name}.service", "ActiveState")["ActiveState"] == "inactive"
+    assert not installed.bed.path(f"/proc/{pid}").exists()
+    left = [f for f in installed.files if installed.bed.path(f).exists()]
+    owners = installed.run("dpkg-query", "-S", *left).stdout.decode().splitlines() if left else []
+    shared = {line.split(": ", 1)[1] for line in owners}
+    # Only directories other packages own too (/usr/bin, /lib/systemd/system, ...) remain.
+    assert all(installed.bed.path(f).is_dir() and f in shared for f in left), (left, shared)
+    for gone in ("/usr/lib/python3/dist-packages/sdshim", "/var/lib/sdshim", "/run/sdshim",
+                 "/usr/share/doc/sdshim"):
+        assert not installed.bed.path(gone).exists(), gone
+    assert installed.run("systemctl", "cat", "sdshim@.service").returncode != 0
+
+
+def _wait_props(inst: Installed, unit: str, done: Any, *props: str) -> dict[str, str]:
+    deadline = time.monotonic() + 30
+    while True:
+        p = inst.show(unit, *props)
+        if done(p) or time.monotonic() > deadline:
+            assert done(p), p
+            return p
+        time.sleep(0.05)
+
+
+def _complete(inst: Installed, *words: str) -> list[str]:
+    """What the installed bash completion offers for the last of words."""
+    script = ('source /usr/share/bash-completion/completions/sdshim; '
+              'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _sdshim; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    return inst.ok("bash", "-c", script, "bash", *words).split()
