@@ -207,7 +207,7 @@ def man_page(parser: argparse.ArgumentParser) -> str:
             if action.option_strings:
                 out += [".TP", option_label(action), roman(expand_help(cmd.parser, action))]
             elif action.help:
-                out += [".TP", f"\\fI{roman(action.metavar or action.dest)}\\fR",
+                out += [".TP", f"\\fI{roman(str(action.metavar or action.dest))}\\fR",
                         roman(expand_help(cmd.parser, action))]
     out += [".SH BOOT-TIME CONTAINERS", BOOT.strip(), ".SH EXIT STATUS", EXIT_STATUS.strip(),
             ".SH FILES", FILES.strip(), ".SH SEE ALSO", SEE_ALSO.strip()]
