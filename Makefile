@@ -20,7 +20,7 @@ packages: deb rpm
 
 # The version lives in pyproject.toml; the package files must say the same.
 check-version:
-	@deb=$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version) && \
+	@deb=$$(sed -n '1s/^sdshim (\([^)]*\)).*/\1/p' packaging/debian/changelog) && \
 	rpm=$$(sed -n 's/^Version: *//p' packaging/rpm/sdshim.spec) && \
 	init=$$(sed -n 's/^__version__ = "\(.*\)"/\1/p' sdshim/__init__.py) && \
 	for v in "$$deb:packaging/debian/changelog" "$$rpm:packaging/rpm/sdshim.spec" \

@@ -35,6 +35,8 @@ class Command:
 
 
 def commands(parser: argparse.ArgumentParser) -> list[Command]:
+    # argparse has no public API for its subcommands; these attributes are stable
+    # since Python 3.2, and the package build fails loudly if they change.
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     result = []
     for pseudo in sub._choices_actions:
