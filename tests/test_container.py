@@ -412,3 +412,13 @@ def test_crun_runs_in_the_unit_too(bed: Bed, name: str, make_bundle: Any) -> Non
     s = status(bed, f"{name}-d")
     cg = bed.show(f"sdshim-{name}-d.service", "ControlGroup")["ControlGroup"]
     assert str(s["pid"]) in bed.read(f"/sys/fs/cgroup/unified{cg}/container/cgroup.procs")
+
+
+def test_attached_run_prints_lines_written_just_before_exit(bed: Bed, name: str,
+                                                           make_bundle: Any) -> None:
+    # A quiet spell, then the last line right before exit: the follower's idle check
+    # must not mistake the recorded exit for the end of the output.
+    bundle = make_bundle("sh", "-c", "echo hello; sleep 1; echo bye")
+    for i in range(3):
+        out = bed.sdshim("run", "--name", f"{name}-{i}", str(bundle))
+        assert out.returncode == 0 and out.stdout == b"hello\nbye\n", out

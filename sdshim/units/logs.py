@@ -94,13 +94,18 @@ async def read_lines(container_id: str, *, follow: bool = False, since: str | No
     proc = await spawn.start_async(argv)
     assert proc.stdout is not None
     joiner = Reassembler()
+    ending = False
     try:
         while True:
             try:
                 raw = await asyncio.wait_for(proc.stdout.readline(), 1.0 if follow else None)
             except TimeoutError:
-                if ended is not None and await ended():
+                # The exit record is written just before the exit event is sent, so an
+                # ended container's last lines and event may still be on their way:
+                # stop only after a quiet second more (the monitor may have died).
+                if ending:
                     break
+                ending = ended is not None and await ended()
                 continue
             if not raw:
                 break
