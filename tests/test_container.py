@@ -422,3 +422,22 @@ def test_attached_run_prints_lines_written_just_before_exit(bed: Bed, name: str,
     for i in range(3):
         out = bed.sdshim("run", "--name", f"{name}-{i}", str(bundle))
         assert out.returncode == 0 and out.stdout == b"hello\nbye\n", out
+
+
+def test_monitor_refuses_a_name_another_unit_uses(bed: Bed, name: str,
+                                                  make_bundle: Any) -> None:
+    import sys
+
+    bundle = make_bundle("sleep", "100")
+    assert bed.sdshim("run", "-d", "--name", name, str(bundle)).returncode == 0
+    before = status(bed, name)
+    # E.g. `systemctl start sdshim@NAME.service` while a transient NAME exists.
+    other = f"{name}-other.service"
+    out = bed.run(["systemd-run", "--wait", "--unit", other, "-p", "Type=notify", "--",
+                   sys.executable, "-I", "-m", "sdshim.shim", "--start", "--name", name,
+                   "--bundle", str(bundle), "--runtime", "runc", "--unit", other])
+    assert out.returncode != 0
+    assert "in use by" in bed.show(other, "StatusText")["StatusText"]
+    bed.run(["systemctl", "reset-failed", other])
+    after = status(bed, name)
+    assert after["state"] == "running" and after["pid"] == before["pid"]

@@ -48,6 +48,10 @@ DEFAULT_MAX_LINE = 256 * 1024
 DRAIN_TIMEOUT = 5.0
 
 
+class NameTakenError(Exception):
+    pass
+
+
 class Stream:
     """One of the container's output pipes, forwarded line by line to journald."""
 
@@ -105,6 +109,11 @@ class Monitor:
 
         records.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700, exist_ok=True)
+        owner = (records.read_json(self.dir / "state.json") or {}).get("unit")
+        if owner and self.opts.unit and owner != self.opts.unit:
+            # Another unit's container has this name: its records are not ours to clear.
+            raise NameTakenError(f"container name {self.name} is in use by {owner}; "
+                                 f"delete that container first (sdshim delete {self.name})")
         for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / stale).unlink()
@@ -440,7 +449,12 @@ class Monitor:
         return self.finish({"error": message, "exit_code": code, "signal": None}, code)
 
     def run(self) -> int:
-        self.setup()
+        try:
+            self.setup()
+        except NameTakenError as e:
+            print(f"sdshim: {e}", file=sys.stderr)
+            self.notifier.send(STATUS=f"Error: {e}")
+            return EXIT_RUNTIME
         error = self.create()
         if error:
             return self.fail(error)
