@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the monitor imports this module; asyncio would cost it ~15 ms
+    import asyncio
 
 from sdshim.errors import SdshimError
 
@@ -86,6 +88,8 @@ def environ_without(*keys: str) -> dict[str, str]:
 async def start_async(argv: Sequence[str], *, stdout: int = subprocess.PIPE,
                       stdin: int = subprocess.DEVNULL) -> asyncio.subprocess.Process:
     """Start argv under asyncio, its stdout a pipe to read from."""
+    import asyncio
+
     try:
         return await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout)
     except FileNotFoundError as e:

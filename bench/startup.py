@@ -1,0 +1,151 @@
+"""Start latency, inside the test-bed systemd: sdshim against podman, conmon, the floor.
+
+    python3 -m bench.startup SCRATCH [--runs N]
+
+Every method starts the same busybox bundle (`sleep`) and is timed from the call
+until the container runs; the containers are removed between runs, untimed. Prints
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from sdshim import spawn
+from sdshim.naming import unit_name
+
+Timed = Callable[[int], float]
+
+
+def sdshim_run(scratch: Path, ready: list[float]) -> Timed:
+    bundle = common.make_bundle(scratch, "sdshim", common.IDLE_ARGS)
+    cli = common.sdshim_cli()
+
+    def once(i: int) -> float:
+        name = f"bench-{i}-{secrets.token_hex(3)}"
+        t0 = time.perf_counter()
+        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)])
+        elapsed = common.ms_since(t0)
+        ready.append(exec_to_ready_ms(unit_name(name)))
+        spawn.run([*cli, "delete", "--force", name])
+        return elapsed
+
+    return once
+
+
+def exec_to_ready_ms(unit: str) -> float:
+    """The monitor's time from systemd's fork+exec to READY=1 (the unit going active).
+
+    systemd stamps ExecMainStart when it forks the main process, and ActiveEnter when
+    READY=1 makes a Type=notify service active; both on the monotonic clock.
+    """
+    out = spawn.run(["systemctl", "show", "-p", "ExecMainStartTimestampMonotonic",
+                     "-p", "ActiveEnterTimestampMonotonic", unit]).stdout.decode()
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return (int(props["ActiveEnterTimestampMonotonic"])
+            - int(props["ExecMainStartTimestampMonotonic"])) / 1000
+
+
+def podman_run(scratch: Path) -> Timed:
+    env = common.podman_env(scratch)
+    common.podman_image(scratch, env)
+
+    def once(i: int) -> float:
+        name = f"bench-{i}-{secrets.token_hex(3)}"
+        t0 = time.perf_counter()
+        spawn.run(["podman", "run", "-d", "--network", "none", "--name", name, common.IMAGE,
+                   *common.IDLE_ARGS], env=env, timeout=60)
+        elapsed = common.ms_since(t0)
+        spawn.run(["podman", "rm", "--force", "--time", "0", name], env=env, timeout=60)
+        return elapsed
+
+    return once
+
+
+def conmon_run(scratch: Path, sync: list[float]) -> Timed:
+    def once(_i: int) -> float:
+        c = common.Conmon(scratch, secrets.token_hex(32))
+        c.launch()
+        if not c.read_sync():
+            raise spawn.CommandError("conmon reported no container pid")
+        sync.append(common.ms_since(c.started_at))
+        spawn.run(c.start_argv())
+        elapsed = common.ms_since(c.started_at)
+        common.runc_delete([c.cid])
+        return elapsed
+
+    return once
+
+
+def runc_floor(scratch: Path) -> Timed:
+    bundle = common.make_bundle(scratch, "runc", common.IDLE_ARGS)
+
+    def once(_i: int) -> float:
+        cid = secrets.token_hex(8)
+        t0 = time.perf_counter()
+        spawn.run(["runc", "create", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spawn.run(["runc", "start", cid])
+        elapsed = common.ms_since(t0)
+        common.runc_delete([cid])
+        return elapsed
+
+    return once
+
+
+def systemd_run_floor(scratch: Path) -> Timed:
+    bundle = common.make_bundle(scratch, "systemd-run", ["true"])
+
+    def once(_i: int) -> float:
+        cid = secrets.token_hex(8)
+        t0 = time.perf_counter()
+        spawn.run(["systemd-run", "--wait", "--quiet", "--collect", "-p", "Type=exec",
+                   "runc", "run", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL)
+        return common.ms_since(t0)
+
+    return once
+
+
+def measure(scratch: Path, runs: int) -> dict[str, Any]:
+    ready: list[float] = []
+    sync: list[float] = []
+    methods: dict[str, Timed] = {
+        "sdshim": sdshim_run(scratch, ready),
+        "podman": podman_run(scratch),
+        "conmon": conmon_run(scratch, sync),
+        "runc": runc_floor(scratch),
+        "systemd-run": systemd_run_floor(scratch),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    # Interleaved, so that a burst of load on a shared machine hits every method alike.
+    for i in range(runs + 1):
+        for key, once in methods.items():
+            elapsed = once(i)
+            if i:  # the first round warms caches (page cache, podman's storage)
+                times[key].append(elapsed)
+        if i:
+            common.log(f"start latency: round {i}/{runs}")
+    return {
+        "latency": {k: common.summary(v) for k, v in times.items()},
+        "monitor_exec_to_ready": common.summary(ready[1:]),
+        "conmon_launch_to_sync": common.summary(sync[1:]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python3 -m bench.startup")
+    p.add_argument("scratch", type=Path)
+    p.add_argument("--runs", type=int, default=20)
+    args = p.parse_args()
+    common.emit(measure(args.scratch, args.runs))
+
+
+if __name__ == "__main__":
+    main()
