@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # the monitor imports this module; it skips `typing`
+if TYPE_CHECKING:
+    from typing import Any
 
 RUN_DIR = Path(os.environ.get("SDSHIM_RUN_DIR", "/run/sdshim"))
 
@@ -50,7 +52,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC, RFC 3339 with microseconds (time, not datetime: the monitor imports this)."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + \
+        f".{ns // 1000 % 10**6:06d}Z"
 
 
 def monotonic_ms() -> float:

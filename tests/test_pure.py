@@ -107,7 +107,8 @@ def test_unit_properties_shape() -> None:
     assert props["Slice"].value == "sdshim.slice"
     assert "web" in props["Description"].value
     (path, argv, ignore), = props["ExecStart"].value
-    assert argv[0] == path and argv[1:4] == ["-I", "-m", "sdshim.shim"] and ignore is False
+    assert argv[0] == path and argv[1:3] == ["-I", "-S"] and ignore is False
+    assert argv[3].endswith("/sdshim/shim/__main__.py")
     assert props["LogRateLimitBurst"].value >= 10_000_000
 
 

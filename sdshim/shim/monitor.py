@@ -8,27 +8,23 @@ whatever the container orphans, and the runtime's own processes; one event loop
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import fcntl
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sdshim import records, spawn
 from sdshim.errors import EXIT_RUNTIME
-from sdshim.shim import cgroup, runtime
+from sdshim.shim import cgroup, options, runtime
 from sdshim.shim.journal import (
     PRIORITY_STDERR,
     PRIORITY_STDOUT,
@@ -37,6 +33,13 @@ from sdshim.shim.journal import (
     encode_field,
 )
 from sdshim.shim.notify import Notifier
+
+# Start-up cost is paid once per container: keep `typing` (and anything the normal path
+# does not use) out of the imports. tests/test_footprint.py holds the line.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import SimpleNamespace
+    from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
 F_SETPIPE_SZ = 1031
@@ -65,7 +68,7 @@ class Stream:
 
 
 class Monitor:
-    def __init__(self, opts: argparse.Namespace) -> None:
+    def __init__(self, opts: SimpleNamespace) -> None:
         self.opts = opts
         self.name: str = opts.name
         if not opts.id:  # a template unit (sdshim@.service) has no manager to pick one
@@ -493,19 +496,19 @@ def _noop(_signum: int, _frame: object) -> None:
     """Python-level handler; the work happens on the wakeup fd."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sdshim-monitor")
-    p.add_argument("--name", required=True)
-    p.add_argument("--id", default="", help="container id (default: generated)")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--runtime", required=True)
-    p.add_argument("--unit", default=os.environ.get("SDSHIM_UNIT", ""))
-    p.add_argument("--start", action="store_true", help="start right after create")
-    p.add_argument("--stop-timeout", type=float, default=10.0)
-    p.add_argument("--stop-signal", type=int, default=int(signal.SIGTERM))
-    p.add_argument("--tag", default="")
-    p.add_argument("--log-max-line", type=int, default=DEFAULT_MAX_LINE)
-    return p.parse_args(argv)
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    opts = options.parse(argv)
+    opts.log_max_line = opts.log_max_line or DEFAULT_MAX_LINE
+    return opts
+
+
+def _executable(runtime: str) -> bool:
+    # The manager passes an absolute path: no need to import shutil for which().
+    if os.path.isabs(runtime):
+        return os.access(runtime, os.X_OK) and not os.path.isdir(runtime)
+    import shutil
+
+    return shutil.which(runtime) is not None
 
 
 _early_signals: set[int] = set()
@@ -520,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in FORWARDED:
         signal.signal(sig, _early)
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    if shutil.which(opts.runtime) is None:
+    if not _executable(opts.runtime):
         print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)
         return EXIT_RUNTIME
     monitor = Monitor(opts)
@@ -528,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         return monitor.run()
     except Exception as e:
         # A bug or an unexpected system error: say so in the record, never lose it.
+        import traceback
+
         traceback.print_exc()
         with contextlib.suppress(Exception):
             return monitor.fail(f"sdshim monitor failed: {e!r}")

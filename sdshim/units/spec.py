@@ -12,7 +12,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from sdshim import naming
+from sdshim import naming, shim
 from sdshim.errors import UsageError
 
 USEC = 1_000_000
@@ -43,9 +43,7 @@ class ContainerSpec:
         return naming.unit_name(self.name)
 
     def monitor_argv(self) -> list[str]:
-        # -I: isolated mode, no user site or PYTHON* variables: the monitor runs as
-        # installed, whatever the caller's environment.
-        argv = [sys.executable, "-I", "-m", "sdshim.shim",
+        argv = [*monitor_command(),
                 "--name", self.name, "--id", self.id, "--bundle", str(self.bundle),
                 "--runtime", self.runtime, "--unit", self.unit,
                 "--stop-timeout", str(self.stop_timeout),
@@ -78,6 +76,21 @@ class ContainerSpec:
             ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
         ]
         return props + self.properties
+
+
+def monitor_command() -> list[str]:
+    """How systemd starts the monitor.
+
+    -I: isolated mode, no user site or PYTHON* variables: the monitor runs as installed,
+    whatever the caller's environment. -S: no site scanning (.pth files, editable-install
+    hooks), which the standard-library-only monitor does not need; its __main__.py puts
+    the directory holding the sdshim package on sys.path instead. That needs the package
+    to be plain files; otherwise (a zip, say) fall back to -m with site.
+    """
+    main = Path(shim.__file__).with_name("__main__.py")
+    if main.is_file():
+        return [sys.executable, "-I", "-S", str(main)]
+    return [sys.executable, "-I", "-m", "sdshim.shim"]
 
 
 # --- -p KEY=VALUE ---------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""The monitor stays lean: one runs per container, so every import and every MB counts.
+
+Timings and the long memory soak are benchmarks (bench/); these tests hold the line on
+what can be checked without a stopwatch.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from sdshim.errors import EXIT_RUNTIME
+from sdshim.units.spec import monitor_command
+from tests.conftest import Bed
+
+# sdshim modules the monitor may import: its own package, and the small shared ones.
+SDSHIM_ALLOWED = {"sdshim", "sdshim.errors", "sdshim.records", "sdshim.spawn"}
+# Standard-library modules the monitor does not need on its path. Each costs start-up
+# time and private memory in every container; most come in through a convenience
+# import (asyncio through a helper, typing for annotations, dataclasses for one class).
+FORBIDDEN = {
+    "asyncio", "concurrent", "typing", "dataclasses", "inspect", "ast", "dis", "tokenize",
+    "logging", "ssl", "email", "http", "xml", "urllib.request", "datetime", "shutil",
+    "traceback", "tempfile", "random", "secrets", "hashlib", "uuid", "zipfile", "tarfile",
+    "importlib.metadata", "importlib.util", "site", "pydoc", "unittest", "multiprocessing",
+    "sqlite3", "decimal", "bz2", "lzma",
+}
+# D-Bus and other third-party libraries: the monitor is standard library only.
+DBUS = ("dbus_fast", "dbus", "dbus_next", "jeepney", "gi", "pydbus", "systemd")
+
+
+def monitor_imports() -> list[str]:
+    """Every module the monitor imports on its way to work, started as systemd starts it.
+
+    A runtime that does not exist makes it stop right after parsing its arguments, when
+    all its module-level imports have run (--help would import what only help text
+    needs); -X importtime lists them on stderr.
+    """
+    command = monitor_command()
+    argv = [command[0], "-X", "importtime", *command[1:], "--name", "footprint",
+            "--id", "0" * 64, "--bundle", "/nonexistent", "--runtime", "/nonexistent/runc"]
+    out = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    assert out.returncode == EXIT_RUNTIME, out.stderr.decode()
+    assert b"runtime /nonexistent/runc not found" in out.stderr
+    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", out.stderr.decode(), re.M)
+    assert "sdshim.shim.monitor" in names, out.stderr.decode()
+    return names
+
+
+def test_monitor_starts_without_site_and_imports_no_dbus_library() -> None:
+    command = monitor_command()
+    assert command[1:3] == ["-I", "-S"], command
+    names = monitor_imports()
+    assert "site" not in names
+    dbus = [n for n in names if n.split(".")[0] in DBUS]
+    assert not dbus, f"the monitor imports a D-Bus/third-party library: {dbus}"
+
+
+def test_monitor_imports_only_what_it_needs() -> None:
+    names = monitor_imports()
+    stdlib = sys.stdlib_module_names
+    foreign = [n for n in names if n.split(".")[0] not in stdlib
+               and n not in SDSHIM_ALLOWED and not n.startswith("sdshim.shim")]
+    assert not foreign, f"the monitor imports modules outside its path: {foreign}"
+    heavy = [n for n in names if any(n == f or n.startswith(f + ".") for f in FORBIDDEN)]
+    assert not heavy, (f"the monitor imports {heavy}: import them lazily where they are "
+                       "used, or drop them")
+
+
+def smaps(bed: Bed, pid: int) -> dict[str, int]:
+    text = bed.read(f"/proc/{pid}/smaps_rollup")
+    return {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", text, re.M)}
+
+
+def test_monitor_memory_stays_bounded_under_a_log_stream(bed: Bed, name: str,
+                                                         make_bundle: Any) -> None:
+    # 32 MB in 1 KB lines, after a pause that lets the test read the idle footprint.
+    # A monitor that kept output (or leaked per line) would grow by tens of MB; the
+    # steady-state growth is measured over minutes by bench/footprint.py (soak).
+    total = 32 << 20
+    bundle = make_bundle("sh", "-c", "sleep 2; line=$(printf '%01023d' 0); "
+                         f"yes $line | head -c {total}; echo stream-done; exec sleep 1000")
+    out = bed.sdshim("run", "-d", "--name", name, str(bundle))
+    assert out.returncode == 0, out.stderr
+    pid = int(bed.show(f"sdshim-{name}.service", "MainPID")["MainPID"])
+    idle = smaps(bed, pid)
+    peak = dict(idle)
+    deadline = time.monotonic() + 120
+    while True:
+        now = smaps(bed, pid)
+        peak = {k: max(v, now[k]) for k, v in peak.items()}
+        done = bed.journal(f"CONTAINER_NAME={name}", "MESSAGE=stream-done")
+        if done or time.monotonic() > deadline:
+            assert done, "the container's output did not reach the journal in 120 s"
+            break
+        time.sleep(0.1)
+    lines = bed.run(["journalctl", "--no-pager", "-o", "cat", f"CONTAINER_NAME={name}"])
+    assert lines.stdout.count(b"\n") >= total // 1024, "output went missing"
+    growth = peak["Private_Dirty"] - idle["Private_Dirty"]
+    assert growth < 8 * 1024, f"monitor Private_Dirty grew {growth} kB during 32 MB of output"
