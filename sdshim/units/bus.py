@@ -23,6 +23,9 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
+# dbus-daemon refuses calls beyond max_replies_per_connection (128 by default) awaiting
+# replies on one connection; above this many, calls wait for a slot instead of failing.
+MAX_PENDING_CALLS = 64
 
 
 class BusCallError(SystemdError):
@@ -50,6 +53,7 @@ class Systemd:
         self._job_waiters: dict[str, asyncio.Future[str]] = {}
         self._unit_watchers: dict[str, list[asyncio.Event]] = {}
         self._matches: set[str] = set()
+        self._call_slots = asyncio.Semaphore(MAX_PENDING_CALLS)
         bus.add_message_handler(self._on_message)
 
     @classmethod
@@ -69,10 +73,11 @@ class Systemd:
 
     async def call(self, path: str, interface: str, member: str, signature: str = "",
                    body: list[Any] | None = None, destination: str = SYSTEMD) -> list[Any]:
-        reply = await self.bus.call(Message(
-            destination=destination, path=path, interface=interface, member=member,
-            signature=signature, body=body or [],
-        ))
+        async with self._call_slots:
+            reply = await self.bus.call(Message(
+                destination=destination, path=path, interface=interface, member=member,
+                signature=signature, body=body or [],
+            ))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else reply.error_name
