@@ -14,9 +14,13 @@ BUILD_ENV := env PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # Debian's rpm database does not know Debian's packages: skip BuildRequires there.
 RPMBUILD_FLAGS ?= $(if $(wildcard /etc/debian_version),--nodeps)
 
-.PHONY: deb rpm packages check-version
+.PHONY: deb rpm packages check-version bench
 
 packages: deb rpm
+
+# sdshim against conmon, podman and runc, in a throwaway systemd (root; bench/run.py).
+bench:
+	python3 -m bench.run $(BENCH_FLAGS)
 
 # The version lives in pyproject.toml; the package files must say the same.
 check-version:
