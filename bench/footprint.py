@@ -163,7 +163,8 @@ def soak(scratch: Path, seconds: float) -> dict[str, Any]:
             samples.append({"t": elapsed, **reading})
             time.sleep(2.0)
         bursts = spawn.run(["journalctl", "--no-pager", "-o", "cat", "-n", "1",
-                            f"CONTAINER_NAME={name}", "PRIORITY=3"]).stdout.decode().split()
+                            f"_SYSTEMD_UNIT=sdshim-{name}.service", "PRIORITY=3"]
+                           ).stdout.decode().split()
     finally:
         spawn.run([*cli, "delete", "--force", name])
     sent = int(bursts[-1]) * SOAK_RATE if bursts else 0
