@@ -13,6 +13,10 @@ import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 PROG = "sdshim-monitor"
 USAGE_EXIT = 2  # as argparse
 
@@ -47,7 +51,7 @@ def usage() -> str:
     return f"usage: {PROG} " + " ".join(parts)
 
 
-def _fail(message: str) -> SimpleNamespace:
+def _fail(message: str) -> NoReturn:
     print(f"{usage()}\n{PROG}: error: {message}", file=sys.stderr)
     raise SystemExit(USAGE_EXIT)
 
@@ -63,21 +67,21 @@ def parse(argv: list[str]) -> SimpleNamespace:
             raise SystemExit(0)
         opt, eq, inline = arg.partition("=")
         if opt not in OPTIONS:
-            return _fail(f"unrecognized argument {arg!r}")
+            _fail(f"unrecognized argument {arg!r}")
         convert = OPTIONS[opt][0]
         if convert is _flag:
             if eq:
-                return _fail(f"{opt} takes no value")
+                _fail(f"{opt} takes no value")
             values[opt] = True
             continue
         raw = inline if eq else next(args, None)
         if raw is None:
-            return _fail(f"{opt} needs a value")
+            _fail(f"{opt} needs a value")
         try:
             values[opt] = convert(raw)
         except ValueError:
-            return _fail(f"invalid value for {opt}: {raw!r}")
+            _fail(f"invalid value for {opt}: {raw!r}")
     missing = [opt for opt, value in values.items() if value is None]
     if missing:
-        return _fail("the following arguments are required: " + ", ".join(missing))
+        _fail("the following arguments are required: " + ", ".join(missing))
     return SimpleNamespace(**{opt[2:].replace("-", "_"): v for opt, v in values.items()})
