@@ -108,12 +108,13 @@ def sdshim_cli() -> list[str]:
 
 def podman_env(scratch: Path) -> dict[str, str]:
     """podman configured by files in scratch, never by the host's /etc/containers:
-    runc, vfs storage on the box's tmpfs, logs to journald like sdshim's."""
+    runc, vfs storage on the box's tmpfs, logs to journald like sdshim's; the rest
+    (events to journald, systemd cgroup manager) as Debian ships it."""
     conf = scratch / "podman"
     conf.mkdir(exist_ok=True)
     (conf / "containers.conf").write_text(
         '[containers]\nlog_driver = "journald"\n\n'
-        '[engine]\nruntime = "runc"\ncgroup_manager = "systemd"\nevents_logger = "none"\n')
+        '[engine]\nruntime = "runc"\n')
     (conf / "storage.conf").write_text(
         '[storage]\ndriver = "vfs"\nrunroot = "/run/sdshim-bench/podman/run"\n'
         'graphroot = "/run/sdshim-bench/podman/storage"\n')
@@ -142,7 +143,7 @@ class Conmon:
         self.bundle = make_bundle(scratch, f"conmon-{cid[:12]}", IDLE_ARGS)
         self.pidfile = self.bundle / "conmon.pid"
         self.sync_fd = -1
-        self.launcher: Any = None
+        self.launcher: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.error = ""
 
@@ -175,7 +176,8 @@ class Conmon:
             buf += chunk
         os.close(self.sync_fd)
         self.sync_fd = -1
-        self.launcher.wait()
+        if self.launcher is not None:
+            self.launcher.wait()
         try:
             reply = json.loads(buf)
             pid = int(reply["data"])
