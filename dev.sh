@@ -2,7 +2,7 @@
 # Developer entry point; every command does its own set-up on a fresh Debian 12.
 #   ./dev.sh demo    run a real container under systemd; show its status and logs
 #   ./dev.sh test    lint, type-check and run the whole test suite (needs root)
-#   ./dev.sh bench   sdshim against conmon, podman and runc; prints the tables (~6 min)
+#   ./dev.sh bench   sdshim against conmon, podman and runc; prints the tables (~4 min)
 #   ./dev.sh setup   only install what the others need
 set -euo pipefail
 cd "$(dirname "$0")"

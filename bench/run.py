@@ -205,8 +205,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
         out += ["### 4. Logs (bench/logs.py)", "", results["logs"], ""]
     so = results.get("soak")
     if so:
+        # Pss moves with whoever shares the interpreter's pages: no projection for it.
         rows = [[k, mb(g["first_kb"]), mb(g["last_kb"]), mb(g["max_kb"]),
-                 f"{g['slope_kb_min']:+.1f}", mb(g["hour_kb"])]
+                 f"{g['slope_kb_min']:+.1f}", "n/a" if k == "Pss" else mb(g["hour_kb"])]
                 for k, g in so["growth"].items()]
         out += [f"### 5. Monitor memory under a log stream ({so['rate_mb_s']:.2f} MB/s of "
                 f"100-byte lines for {so['seconds']:.0f} s, {len(so['samples'])} samples)", "",
