@@ -8,6 +8,10 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+# The monitor's status, on units with a restart policy, when systemd must not restart
+# the unit (RestartPreventExitStatus): the container never ran, or was stopped on
+# request. The container's own status is in the exit record, as always.
+EXIT_NO_RESTART = 251
 
 
 class SdshimError(Exception):

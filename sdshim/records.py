@@ -30,6 +30,12 @@ def runtime_root(runtime: str) -> Path:
     return RUN_DIR / ".runtime" / Path(runtime).name
 
 
+def runtime_roots() -> list[Path]:
+    """Every runtime root in use (one per runtime that has run a container here)."""
+    base = RUN_DIR / ".runtime"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: readers see the old file or the new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")

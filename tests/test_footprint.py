@@ -17,7 +17,7 @@ from sdshim.units.spec import monitor_command
 from tests.conftest import Bed
 
 # sdshim modules the monitor may import: its own package, and the small shared ones.
-SDSHIM_ALLOWED = {"sdshim", "sdshim.errors", "sdshim.records", "sdshim.spawn"}
+SDSHIM_ALLOWED = {"sdshim", "sdshim.errors", "sdshim.records", "sdshim.signals", "sdshim.spawn"}
 # Standard-library modules the monitor does not need on its path. Each costs start-up
 # time and private memory in every container; most come in through a convenience
 # import (asyncio through a helper, typing for annotations, dataclasses for one class).

@@ -8,11 +8,16 @@ import fcntl
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator, Mapping
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 PRIORITY_STDOUT = 6  # info
 PRIORITY_STDERR = 3  # err
+# journald's socket was replaced (its socket unit restarted): connect to the new one,
+# trying for this long while it comes back, before giving up on the entry.
+RECONNECT_TIMEOUT = 10.0
+_GONE = (errno.ECONNREFUSED, errno.ENOTCONN, errno.ENOENT, errno.EPIPE, errno.ECONNRESET)
 
 
 def encode_field(key: str, value: bytes) -> bytes:
@@ -31,22 +36,52 @@ class JournalWriter:
 
     def __init__(self, path: str = JOURNAL_SOCKET) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock = self._connect()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         for opt in (32, socket.SO_SNDBUF):  # 32 = SO_SNDBUFFORCE (root may exceed wmem_max)
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
+                sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
                 break
             except OSError:
                 continue
-        self.sock.connect(path)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def send(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except OSError as e:
+            if e.errno not in _GONE:
+                raise
+            self._reconnect()
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
         try:
             self.sock.send(data)
         except OSError as e:
             if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
                 raise
             self._send_memfd(data)
+
+    def _reconnect(self) -> None:
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                sock = self._connect()
+                break
+            except OSError as e:
+                if e.errno not in _GONE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.close()
+        self.sock = sock
 
     def _send_memfd(self, data: bytes) -> None:
         # Entries larger than a datagram go in a sealed memfd, as the protocol allows.

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdshim import records, spawn
-from sdshim.errors import EXIT_RUNTIME
-from sdshim.shim import cgroup, options, runtime
+from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
+from sdshim.shim import cgroup, oom, options, runtime
 from sdshim.shim.journal import (
     PRIORITY_STDERR,
     PRIORITY_STDOUT,
@@ -33,6 +33,7 @@ from sdshim.shim.journal import (
     encode_field,
 )
 from sdshim.shim.notify import Notifier
+from sdshim.signals import signal_name
 
 # Start-up cost is paid once per container: keep `typing` (and anything the normal path
 # does not use) out of the imports. tests/test_footprint.py holds the line.
@@ -87,6 +88,11 @@ class Monitor:
         self.pending_signals: list[int] = []
         self.kill_deadline = 0.0  # monotonic time at which a stop escalates to SIGKILL
         self.stop_requested_signal = 0
+        self.stop_escalated = False  # SIGKILL sent because the stop timeout passed
+        self.final = False  # on restart-policy units: exit so that systemd does not restart
+        self.cgroup_path = ""  # the container's cgroup, as given to the runtime
+        self.oom_score_adj: int | None = None  # what the container gets (see oom.py)
+        self.restarts = 0
         self.journal: JournalWriter | None = None
         self.fields = b""
         self.streams: list[Stream] = []
@@ -101,6 +107,7 @@ class Monitor:
     def setup(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.oom_score_adj = oom.protect_monitor()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGCHLD, *FORWARDED):
@@ -112,11 +119,15 @@ class Monitor:
 
         records.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700, exist_ok=True)
-        owner = (records.read_json(self.dir / "state.json") or {}).get("unit")
+        previous = records.read_json(self.dir / "state.json")
+        owner = (previous or {}).get("unit")
         if owner and self.opts.unit and owner != self.opts.unit:
             # Another unit's container has this name: its records are not ours to clear.
             raise NameTakenError(f"container name {self.name} is in use by {owner}; "
                                  f"delete that container first (sdshim delete {self.name})")
+        # Records of a predecessor in this unit: systemd restarted it (Restart=). Count
+        # it, so the count survives the unit (NRestarts goes when the unit is unloaded).
+        self.restarts = int(previous.get("restarts", 0)) + 1 if previous else 0
         for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / stale).unlink()
@@ -140,6 +151,10 @@ class Monitor:
         self.control.listen(16)
         self.control.setblocking(False)
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control_accept)
+        if (self.rt.root / self.id).exists():
+            # Left by a monitor that died (this is a restart of the unit): the runtime
+            # would refuse to create the same id again.
+            self.cleanup_runtime()
 
     def write_state(self, **changes: Any) -> None:
         self.state.update(changes)
@@ -242,7 +257,10 @@ class Monitor:
 
     def _signal_received(self, signum: int) -> None:
         if signum in STOP_SIGNALS:
-            self.request_stop(self.opts.stop_timeout, signum)
+            # SIGTERM is systemd's (and the usual) way to say stop: the container gets
+            # its own stop signal. SIGINT and SIGQUIT are passed on as they are.
+            self.request_stop(self.opts.stop_timeout,
+                              0 if signum == signal.SIGTERM else signum)
         else:
             self.deliver(signum)
 
@@ -270,6 +288,7 @@ class Monitor:
     def _escalate(self) -> None:
         self.kill_deadline = 0.0
         if self.pid and not self.exited:
+            self.stop_escalated = True
             self.deliver(signal.SIGKILL)
 
     def _on_control_accept(self, _sock: object) -> None:
@@ -301,6 +320,7 @@ class Monitor:
             self.deliver(int(req.get("signal", signal.SIGTERM)))
             return {"ok": True}
         if op == "stop":
+            self.final = True  # a stop the user asked for: no restart
             self.request_stop(float(req.get("timeout", self.opts.stop_timeout)),
                               int(req.get("signal", 0)))
             return {"ok": True}
@@ -312,8 +332,9 @@ class Monitor:
         """runc create; returns an error message, or '' on success."""
         bundle = Path(self.opts.bundle)
         cg = cgroup.split(self.opts.unit) if self.opts.unit else ""
+        self.cgroup_path = cg
         try:
-            runtime.write_config(bundle, self.dir / "bundle", cg)
+            runtime.write_config(bundle, self.dir / "bundle", cg, self.oom_score_adj)
         except (OSError, ValueError) as e:
             return f"cannot read {bundle / 'config.json'}: {e}"
 
@@ -333,6 +354,7 @@ class Monitor:
                             "--pid-file", str(self.dir / "pid"), self.id)
         self.write_state(name=self.name, id=self.id, unit=self.opts.unit,
                          bundle=str(bundle), runtime=self.rt.path, status="creating",
+                         restart=self.opts.restart, restarts=self.restarts,
                          pid=None, monitor_pid=os.getpid(), created_at=records.now_iso(),
                          started_at=None)
         try:
@@ -370,7 +392,9 @@ class Monitor:
             failure = self.exec_failure()
             if failure:
                 return failure
-        self.write_state(status="running", started_at=records.now_iso())
+        self._reap()  # an exit that already happened must not be recorded as running
+        self.write_state(status="exiting" if self.exited else "running",
+                         started_at=records.now_iso())
         self.notifier.send(STATUS=f"Container {self.name} running, pid {self.pid}")
         for sig in self.pending_signals:
             self.deliver(sig)
@@ -428,7 +452,10 @@ class Monitor:
             if stream.open:
                 self._close_stream(stream)
         result.setdefault("finished_at", records.now_iso())
+        if self.opts.restart != "no" and (self.final or result.get("error")):
+            code = EXIT_NO_RESTART
         result.update(name=self.name, id=self.id, pid=self.pid or None,
+                      restarts=self.restarts,
                       started_at=self.state.get("started_at"),
                       monitor_exit_code=code)
         records.write_json(self.dir / "exit.json", result)
@@ -468,9 +495,13 @@ class Monitor:
                 return self.fail(error)
             self.notifier.send(READY=1)
         else:
+            if self.stop_requested_signal:
+                self.deliver(signal.SIGKILL)  # stopped while being created: never started
             self.notifier.send(
                 READY=1, STATUS=f"Container {self.name} created, pid {self.pid}")
         self.loop_until(lambda: self.exited)
+        # Ended, not yet recorded (output still draining): not "running" any more.
+        self.write_state(status="exiting")
         status = self.reaped[self.pid]
         failure = self.exec_failure() if self.started else ""
         if failure:
@@ -481,15 +512,24 @@ class Monitor:
             result.update(exit_code=128 + sig, signal=signal.Signals(sig).name)
         else:
             result.update(exit_code=os.WEXITSTATUS(status), signal=None)
+        # Before finish(): the runtime's delete removes the cgroup that holds the count.
+        result["oom_killed"] = bool(oom.kills(self.cgroup_path))
         if self.stop_requested_signal:
-            result["stop_signal"] = signal.Signals(self.stop_requested_signal).name
+            result["stop_signal"] = signal_name(self.stop_requested_signal)
+            result["stop_timed_out"] = self.stop_escalated
         return self.finish(result, int(result["exit_code"]))
 
 
 def describe(result: dict[str, Any]) -> str:
     if result.get("signal"):
-        return f"Container {result['name']} killed by {result['signal']}"
-    return f"Container {result['name']} exited with status {result['exit_code']}"
+        text = f"Container {result['name']} killed by {result['signal']}"
+    else:
+        text = f"Container {result['name']} exited with status {result['exit_code']}"
+    if result.get("oom_killed"):
+        text += " (out of memory)"
+    if result.get("stop_timed_out"):
+        text += f" (did not stop on {result['stop_signal']} in time)"
+    return text
 
 
 def _noop(_signum: int, _frame: object) -> None:

@@ -25,6 +25,12 @@ def _flag(_value: str) -> bool:
     return True
 
 
+def _restart_policy(value: str) -> str:
+    if value not in ("no", "on-failure", "always"):
+        raise ValueError(value)
+    return value
+
+
 # option -> (converter, default). Converter _flag: takes no value. Default None: required.
 OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--name": (str, None),
@@ -36,6 +42,7 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--stop-timeout": (float, 10.0),
     "--stop-signal": (int, int(signal.SIGTERM)),
     "--tag": (str, ""),
+    "--restart": (_restart_policy, "no"),  # the unit's Restart=: decides final exits
     "--log-max-line": (int, 0),  # 0: the monitor's default
 }
 

@@ -46,8 +46,13 @@ class Runtime:
         return msg
 
 
-def write_config(bundle: Path, target: Path, cgroups_path: str) -> dict[str, Any]:
-    """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup."""
+def write_config(bundle: Path, target: Path, cgroups_path: str,
+                 oom_score_adj: int | None = None) -> dict[str, Any]:
+    """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup.
+
+    oom_score_adj: the container's, unless the bundle sets one (the monitor lowers its
+    own, and the container must not inherit that).
+    """
     with open(bundle / "config.json") as f:
         config: dict[str, Any] = json.load(f)
     root = config.setdefault("root", {})
@@ -56,6 +61,8 @@ def write_config(bundle: Path, target: Path, cgroups_path: str) -> dict[str, Any
         config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
     process = config.setdefault("process", {})
     process["terminal"] = False  # stdio through our pipes; tty mode comes with -t
+    if oom_score_adj is not None:
+        process.setdefault("oomScoreAdj", oom_score_adj)
     target.mkdir(exist_ok=True)
     with open(target / "config.json", "w") as f:
         json.dump(config, f)

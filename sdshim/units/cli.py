@@ -13,19 +13,15 @@ from typing import Any
 
 from sdshim import __version__
 from sdshim.errors import EXIT_RUNTIME, ContainerStateError, SdshimError, UsageError
+from sdshim.signals import signal_number
+from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES
 
 
 def parse_signal(value: str) -> int:
-    text = value.upper()
-    if text.isdigit():
-        num = int(text)
-        if 0 < num < signal.NSIG:
-            return num
-    else:
-        name = text if text.startswith("SIG") else "SIG" + text
-        if name in signal.Signals.__members__:
-            return int(signal.Signals[name])
-    raise argparse.ArgumentTypeError(f"unknown signal {value!r} (use e.g. TERM, KILL or 9)")
+    try:
+        return signal_number(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _create_options(p: argparse.ArgumentParser) -> None:
@@ -35,8 +31,14 @@ def _create_options(p: argparse.ArgumentParser) -> None:
                    help="unit resource setting, e.g. MemoryMax=512M, CPUQuota=50%%, TasksMax=64")
     p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="grace period before SIGKILL on stop (default 10)")
-    p.add_argument("--stop-signal", type=parse_signal, default=int(signal.SIGTERM),
-                   metavar="SIGNAL", help="signal that asks the container to stop (TERM)")
+    p.add_argument("--stop-signal", type=parse_signal, default=None, metavar="SIGNAL",
+                   help="signal that asks the container to stop (default: the bundle's "
+                        "org.opencontainers.image.stopSignal annotation, else TERM)")
+    p.add_argument("--restart", choices=RESTART_POLICIES, default="no",
+                   help="restart the container when it exits: no (default), on-failure "
+                        "(non-zero status or signal), always (until stopped)")
+    p.add_argument("--restart-delay", type=float, default=DEFAULT_RESTART_DELAY,
+                   metavar="SECONDS", help="pause before a restart (default %(default)s)")
     p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
     p.add_argument("--log-max-line", type=int, default=0, metavar="BYTES",
                    help="split longer output lines into partial journal entries")
@@ -107,6 +109,7 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.name, "runtime": args.runtime,
             "properties": parse_properties(args.property),
             "stop_timeout": args.stop_timeout, "stop_signal": args.stop_signal,
+            "restart": args.restart, "restart_delay": args.restart_delay,
             "tag": args.log_tag, "log_max_line": args.log_max_line}
 
 
@@ -217,6 +220,9 @@ async def run_command(args: argparse.Namespace) -> int:
 def _print_status(s: dict[str, Any]) -> None:
     rows = [("Name", s["name"]), ("ID", s["id"]), ("Unit", s["unit"]), ("State", s["state"]),
             ("PID", s["pid"]), ("Exit code", s["exit_code"]), ("Signal", s["signal"]),
+            ("OOM killed", "yes" if s.get("oom_killed") else None),
+            ("Restart", None if s.get("restart", "no") == "no" else
+             f"{s['restart']} ({s.get('restarts', 0)} restarts so far)"),
             ("Started", s["started_at"]), ("Finished", s["finished_at"]),
             ("Error", s["error"])]
     for key, value in rows:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sdshim import naming, records, spawn
 from sdshim.errors import (
+    EXIT_NO_RESTART,
     BundleError,
     ContainerExistsError,
     ContainerStateError,
@@ -28,10 +29,14 @@ from sdshim.errors import (
     RuntimeNotFoundError,
     SystemdError,
 )
+from sdshim.signals import signal_number
 from sdshim.units.bus import UNIT_EXISTS, BusCallError, Systemd
 from sdshim.units.spec import ContainerSpec
 
 CONTROL_TIMEOUT = 10.0
+# The OCI image spec's annotation for the stop signal (docker's STOPSIGNAL); runtime
+# configs have no field of their own for it.
+STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
 
 
 def resolve_runtime(runtime: str) -> str:
@@ -43,8 +48,8 @@ def resolve_runtime(runtime: str) -> str:
     return str(Path(path).resolve())
 
 
-def check_bundle(bundle: Path) -> Path:
-    """The bundle's absolute path, if it is a directory with a usable config.json."""
+def check_bundle(bundle: Path) -> tuple[Path, dict[str, Any]]:
+    """The bundle's absolute path and config, if it is a directory with a usable one."""
     bundle = bundle.absolute()
     if not bundle.is_dir():
         raise BundleError(f"bundle {bundle} does not exist or is not a directory; "
@@ -61,7 +66,20 @@ def check_bundle(bundle: Path) -> Path:
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
         raise BundleError(f"{config_path} has no command: set process.args to a "
                           "non-empty list of strings")
-    return bundle
+    return bundle, config
+
+
+def bundle_stop_signal(config: dict[str, Any], config_path: Path) -> int:
+    """The stop signal the bundle asks for in its annotations; SIGTERM if none."""
+    annotations = config.get("annotations")
+    value = annotations.get(STOP_SIGNAL_ANNOTATION) if isinstance(annotations, dict) else None
+    if value is None:
+        return int(signal.SIGTERM)
+    try:
+        return signal_number(str(value))
+    except ValueError as e:
+        raise BundleError(f"{config_path}: annotation {STOP_SIGNAL_ANNOTATION}: {e}; "
+                          "fix it or pass --stop-signal") from None
 
 
 class Manager:
@@ -84,11 +102,15 @@ class Manager:
                      start: bool = False, **options: Any) -> str:
         """Create (and with start=True, start) a container; its name.
 
-        options: properties (from spec.parse_properties), stop_timeout, stop_signal,
-        tag, log_max_line.
+        options: properties (from spec.parse_properties), stop_timeout, stop_signal
+        (default: the bundle's annotation org.opencontainers.image.stopSignal, else
+        SIGTERM), tag, log_max_line, restart (no, on-failure, always), restart_delay.
         """
         name = naming.validate_name(name) if name else naming.generate_name()
-        spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=check_bundle(bundle),
+        bundle, config = check_bundle(bundle)
+        if options.get("stop_signal") is None:
+            options["stop_signal"] = bundle_stop_signal(config, bundle / "config.json")
+        spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=bundle,
                              runtime=resolve_runtime(runtime), start=start, **options)
         if records.container_dir(name).exists() or await self.systemd.unit_properties(
                 spec.unit) is not None:
@@ -165,38 +187,51 @@ class Manager:
     async def status(self, name: str) -> dict[str, Any]:
         naming.validate_name(name)
         cdir = records.container_dir(name)
+        # The unit first, the records after: a monitor writes its exit record before it
+        # ends, so an ended unit seen here with no record really left none.
+        props = await self.systemd.service_state(unit)
         state = records.read_json(cdir / "state.json")
         # The monitor records its unit: sdshim@NAME.service for a boot-time container.
         unit = str((state or {}).get("unit") or naming.unit_name(name))
         exit_record = records.read_json(cdir / "exit.json")
-        props = await self.systemd.service_state(unit)
         if props is None and state is None and exit_record is None:
             raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
-        state = state or {}
+        state = {**_monitor_args(props), **(state or {})}
         info: dict[str, Any] = {
             "name": name, "id": state.get("id"), "unit": unit, "state": "unknown",
             "pid": state.get("pid"), "exit_code": None, "signal": None,
+            "oom_killed": False,
             "created_at": state.get("created_at"), "started_at": state.get("started_at"),
             "finished_at": None, "error": None, "bundle": state.get("bundle"),
             "runtime": state.get("runtime"), "monitor_pid": None,
+            "restart": state.get("restart", "no"),
+            "restarts": (exit_record or state).get("restarts", 0),
             "unit_state": None, "status_text": None,
         }
         if props is not None:
             info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
             info["status_text"] = props.get("StatusText") or None
             info["monitor_pid"] = props.get("MainPID") or None
+            info["restart"] = props.get("Restart") or info["restart"]
+            info["restarts"] = props.get("NRestarts", info["restarts"])
         if exit_record is not None:
             info.update(state="exited", exit_code=exit_record.get("exit_code"),
                         signal=exit_record.get("signal"),
+                        oom_killed=bool(exit_record.get("oom_killed")),
                         finished_at=exit_record.get("finished_at"),
                         error=exit_record.get("error"), pid=exit_record.get("pid"))
-            if exit_record.get("stop_signal"):
-                info["stop_signal"] = exit_record["stop_signal"]
+            for key in ("stop_signal", "stop_timed_out"):
+                if key in exit_record:
+                    info[key] = exit_record[key]
+            if _restarting(props, exit_record):
+                info["state"] = "restarting"
+        elif props is not None and props.get("SubState") == "auto-restart":
+            info.update(state="restarting", error=_monitor_death(props))
         elif _unit_ended(props):
             info.update(state="exited", error=_monitor_death(props))
         else:
-            info["state"] = {"created": "created", "running": "running"}.get(
-                str(state.get("status")), "creating")
+            info["state"] = {"created": "created", "running": "running",
+                             "exiting": "exiting"}.get(str(state.get("status")), "creating")
         return info
 
     async def list(self) -> list[dict[str, Any]]:
@@ -254,36 +289,107 @@ class Manager:
             await self.control(name, {"op": "stop", "timeout": timeout})
         except ContainerStateError:
             await self.systemd.stop(status["unit"])  # no monitor to ask: systemd's way
+        if status["restart"] != "no":
+            # systemd's own stop also cancels a restart that is already scheduled (the
+            # monitor keeps the timeout asked for, within the unit's TimeoutStopSec).
+            await self.systemd.stop(status["unit"])
         return await self.wait(name, timeout + 10)
 
     async def delete(self, name: str, force: bool = False) -> None:
-        status = await self.status(name)
+        """Remove a container: its unit, records and runtime state.
+
+        With force, whatever part of it is left is stopped and removed, also when other
+        parts (records, unit, runtime state, the monitor) are already gone.
+        """
+        try:
+            status = await self.status(name)
+        except NoSuchContainerError:
+            if force and self._remove_runtime_state(name, {}):
+                return
+            raise
+        unit = status["unit"]
         if status["state"] != "exited":
             if not force:
                 raise ContainerStateError(
                     f"container {name} is {status['state']}; stop it first "
                     f"(`sdshim stop {name}`) or use `sdshim delete --force {name}`")
-            with contextlib.suppress(ContainerStateError):
-                await self.control(name, {"op": "kill", "signal": int(signal.SIGKILL)})
-            with contextlib.suppress(ContainerStateError):
-                await self.wait(name, 10)
-        unit = status["unit"]
+            try:
+                await self.control(name, {"op": "stop", "timeout": 0,
+                                          "signal": int(signal.SIGKILL)})
+            except ContainerStateError:
+                # No monitor to ask: the records go anyway, so kill everything at once.
+                with contextlib.suppress(BusCallError):
+                    await self.systemd.kill(unit, "all", int(signal.SIGKILL))
         await self.systemd.stop_and_wait(unit)
         await self.systemd.reset_failed(unit)
-        self._remove_runtime_state(status)
+        self._remove_runtime_state(name, status)
         shutil.rmtree(records.container_dir(name), ignore_errors=True)
 
-    def _remove_runtime_state(self, status: dict[str, Any]) -> None:
-        """If the monitor died before cleaning up, the runtime still has state for it."""
-        runtime, cid = status.get("runtime"), status.get("id")
-        if not runtime or not cid:
-            return
-        root = records.runtime_root(runtime)
-        if (root / cid).exists():
-            with contextlib.suppress(spawn.CommandError):
-                spawn.run([runtime, "--root", str(root), "delete", "--force", cid],
-                          check=False)
-            shutil.rmtree(root / cid, ignore_errors=True)
+    def _remove_runtime_state(self, name: str, status: dict[str, Any]) -> bool:
+        """Runtime state a dead monitor left behind; whether there was any.
+
+        Found by id, or, when the records that name the id are gone, by the bundle
+        path the monitor gives every container of this name.
+        """
+        bundle = str(records.container_dir(name) / "bundle")
+        found = False
+        for root in records.runtime_roots():
+            runtime = shutil.which(root.name)
+            if status.get("id"):
+                ids = {status["id"]} if (root / status["id"]).exists() else set()
+            else:
+                ids = _runtime_ids_by_bundle(runtime, root, bundle) if runtime else set()
+            for cid in ids:
+                found = True
+                if runtime:
+                    with contextlib.suppress(spawn.CommandError):
+                        spawn.run([runtime, "--root", str(root), "delete", "--force", cid],
+                                  check=False)
+                shutil.rmtree(root / cid, ignore_errors=True)
+        return found
+
+
+def _runtime_ids_by_bundle(runtime: str, root: Path, bundle: str) -> set[str]:
+    if not root.is_dir() or not any(root.iterdir()):
+        return set()
+    try:
+        out = spawn.run([runtime, "--root", str(root), "list", "--format", "json"],
+                        check=False).stdout
+        entries = json.loads(out or b"null") or []
+    except (spawn.CommandError, ValueError):
+        return set()
+    return {str(e.get("id")) for e in entries
+            if isinstance(e, dict) and e.get("bundle") == bundle and e.get("id")}
+
+
+def _restarting(props: dict[str, Any] | None, exit_record: dict[str, Any]) -> bool:
+    """Whether systemd restarts the container whose exit exit_record holds."""
+    if props is None:
+        return False
+    if props.get("SubState") == "auto-restart":
+        return True
+    if props.get("ActiveState") not in ("active", "activating") or \
+            props.get("SubState") == "exited":
+        return False
+    # The monitor recorded the exit and has not ended yet (or a new one is starting):
+    # systemd applies the policy to its status, unless the monitor marked it final.
+    policy, code = props.get("Restart", "no"), exit_record.get("monitor_exit_code")
+    if policy == "no" or code == EXIT_NO_RESTART:
+        return False
+    return policy == "always" or code != 0
+
+
+def _monitor_args(props: dict[str, Any] | None) -> dict[str, Any]:
+    """id and runtime from the monitor's command line, for when its records are gone."""
+    try:
+        argv = list(props["ExecStart"][0][1]) if props else []
+    except (KeyError, IndexError, TypeError):
+        return {}
+    found = {}
+    for key in ("id", "runtime"):
+        with contextlib.suppress(ValueError, IndexError):
+            found[key] = str(argv[argv.index(f"--{key}") + 1])
+    return found
 
 
 def _unit_ended(props: dict[str, Any] | None) -> bool:

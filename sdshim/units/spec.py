@@ -13,7 +13,7 @@ from typing import Any
 from dbus_fast import Variant
 
 from sdshim import naming, shim
-from sdshim.errors import UsageError
+from sdshim.errors import EXIT_NO_RESTART, UsageError
 
 USEC = 1_000_000
 # journald's per-unit rate limit. systemd 252 does not pass LogRateLimitIntervalSec=0
@@ -23,6 +23,8 @@ LOG_RATE_BURST_UNLIMITED = 100_000_000
 LOG_RATE_INTERVAL_USEC = 1 * USEC
 # Margin systemd waits beyond the monitor's own stop timeout before SIGKILLing all.
 STOP_MARGIN_SEC = 5.0
+RESTART_POLICIES = ("no", "on-failure", "always")
+DEFAULT_RESTART_DELAY = 1.0
 
 
 @dataclass
@@ -36,6 +38,8 @@ class ContainerSpec:
     stop_signal: int = int(signal.SIGTERM)
     tag: str = ""
     log_max_line: int = 0
+    restart: str = "no"
+    restart_delay: float = DEFAULT_RESTART_DELAY
     properties: list[tuple[str, Variant]] = field(default_factory=list)
 
     @property
@@ -47,7 +51,7 @@ class ContainerSpec:
                 "--name", self.name, "--id", self.id, "--bundle", str(self.bundle),
                 "--runtime", self.runtime, "--unit", self.unit,
                 "--stop-timeout", str(self.stop_timeout),
-                "--stop-signal", str(self.stop_signal)]
+                "--stop-signal", str(self.stop_signal), "--restart", self.restart]
         if self.start:
             argv.append("--start")
         if self.tag:
@@ -63,7 +67,9 @@ class ContainerSpec:
             ("Slice", Variant("s", naming.SLICE)),
             ("Type", Variant("s", "notify")),
             ("NotifyAccess", Variant("s", "main")),
-            ("RemainAfterExit", Variant("b", True)),
+            # Keeps the unit (and its results) after a clean exit. Not with
+            # Restart=always: a unit that "remains" after a clean exit is not restarted.
+            ("RemainAfterExit", Variant("b", self.restart != "always")),
             ("Delegate", Variant("b", True)),
             # SIGTERM goes to the monitor only, which stops the container its own way;
             # whatever is left after the timeout is SIGKILLed by systemd.
@@ -75,7 +81,20 @@ class ContainerSpec:
             ("Environment", Variant("as", [f"SDSHIM_CONTAINER={self.name}"])),
             ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
         ]
-        return props + self.properties
+        return props + self.restart_properties() + self.properties
+
+    def restart_properties(self) -> list[tuple[str, Variant]]:
+        """systemd restarts the monitor, which creates the container afresh each time."""
+        if self.restart == "no":
+            return []
+        return [
+            ("Restart", Variant("s", self.restart)),
+            ("RestartUSec", Variant("t", int(self.restart_delay * USEC))),
+            # Like docker, never give up on a container that keeps failing...
+            ("StartLimitIntervalUSec", Variant("t", 0)),
+            # ... but do not retry one that cannot be created, or one stopped on request.
+            ("RestartPreventExitStatus", Variant("(aiai)", ([EXIT_NO_RESTART], []))),
+        ]
 
 
 def monitor_command() -> list[str]:
