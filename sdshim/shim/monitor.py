@@ -367,7 +367,7 @@ class Monitor:
             os.close(err_w)
         code = self.wait_child(proc)
         if code != 0:
-            return self.rt.last_error() or f"{self.rt.name} create exited with status {code}"
+            return self.rt.last_error() or f"{self.rt.name} create {_how(code)}"
         try:
             self.pid = int((self.dir / "pid").read_text())
         except (OSError, ValueError) as e:
@@ -384,7 +384,7 @@ class Monitor:
         code = self.wait_child(spawn.start(self.rt.argv("start", self.id),
                                            stdin=subprocess.DEVNULL))
         if code != 0 and not self.exited:
-            return self.rt.last_error() or f"{self.rt.name} start exited with status {code}"
+            return self.rt.last_error() or f"{self.rt.name} start {_how(code)}"
         self.started = True
         if not self.exited:
             self.wait_exec()
@@ -530,6 +530,13 @@ def describe(result: dict[str, Any]) -> str:
     if result.get("stop_timed_out"):
         text += f" (did not stop on {result['stop_signal']} in time)"
     return text
+
+
+def _how(code: int) -> str:
+    """How a child ended, from its Popen-style return code."""
+    if code < 0:
+        return f"was killed by {signal_name(-code)}"
+    return f"exited with status {code}"
 
 
 def _noop(_signum: int, _frame: object) -> None:

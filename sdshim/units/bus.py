@@ -54,6 +54,7 @@ class Systemd:
         self._unit_watchers: dict[str, list[asyncio.Event]] = {}
         self._matches: set[str] = set()
         self._call_slots = asyncio.Semaphore(MAX_PENDING_CALLS)
+        self._subscribed = False
         bus.add_message_handler(self._on_message)
 
     @classmethod
@@ -180,6 +181,10 @@ class Systemd:
 
     async def watch_unit(self, unit: str) -> asyncio.Event:
         """An event set whenever the unit's properties change."""
+        if not self._subscribed:
+            # systemd emits unit signals only while some client is subscribed.
+            self._subscribed = True
+            await self.manager("Subscribe")
         path = unit_path(unit)
         await self.add_match(f"type='signal',sender='{SYSTEMD}',path='{path}',"
                              f"interface='{PROPERTIES}',member='PropertiesChanged'")
