@@ -151,10 +151,11 @@ class Monitor:
         self.control.listen(16)
         self.control.setblocking(False)
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control_accept)
-        if (self.rt.root / self.id).exists():
-            # Left by a monitor that died (this is a restart of the unit): the runtime
-            # would refuse to create the same id again.
-            self.cleanup_runtime()
+        # Runtime state left by a predecessor in this unit that died (this is a restart):
+        # the runtime would refuse the same id again, and another id would leak it.
+        for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
+            if (self.rt.root / cid).exists():
+                self.cleanup_runtime(cid)
 
     def write_state(self, **changes: Any) -> None:
         self.state.update(changes)
@@ -436,10 +437,10 @@ class Monitor:
     def drain(self, timeout: float) -> None:
         self.loop_until(lambda: not any(s.open for s in self.streams), timeout)
 
-    def cleanup_runtime(self) -> None:
+    def cleanup_runtime(self, cid: str = "") -> None:
         """Delete the runtime's state; --force kills anything the container left."""
         with contextlib.suppress(spawn.CommandError):
-            self.wait_child(spawn.start(self.rt.argv("delete", "--force", self.id),
+            self.wait_child(spawn.start(self.rt.argv("delete", "--force", cid or self.id),
                                         stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL))
@@ -484,7 +485,7 @@ class Monitor:
         except NameTakenError as e:
             print(f"sdshim: {e}", file=sys.stderr)
             self.notifier.send(STATUS=f"Error: {e}")
-            return EXIT_RUNTIME
+            return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
         error = self.create()
         if error:
             return self.fail(error)

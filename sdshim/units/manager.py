@@ -187,12 +187,13 @@ class Manager:
     async def status(self, name: str) -> dict[str, Any]:
         naming.validate_name(name)
         cdir = records.container_dir(name)
+        # The monitor records its unit: sdshim@NAME.service for a boot-time container.
+        owner = (records.read_json(cdir / "state.json") or {}).get("unit")
+        unit = str(owner or naming.unit_name(name))
         # The unit first, the records after: a monitor writes its exit record before it
         # ends, so an ended unit seen here with no record really left none.
         props = await self.systemd.service_state(unit)
         state = records.read_json(cdir / "state.json")
-        # The monitor records its unit: sdshim@NAME.service for a boot-time container.
-        unit = str((state or {}).get("unit") or naming.unit_name(name))
         exit_record = records.read_json(cdir / "exit.json")
         if props is None and state is None and exit_record is None:
             raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
