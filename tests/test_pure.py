@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,52 @@ def test_reassembler_joins_partials_per_stream() -> None:
     assert out[1] is not None and (out[1].stream, out[1].data) == ("stderr", b"E")
     assert out[2] is not None and (out[2].stream, out[2].data) == ("stdout", b"abc\xff")
     assert out[2].usec == 1
+
+
+def test_oom_kill_counter_of_v1_and_v2_cgroups(tmp_path: Path) -> None:
+    from sdshim.shim import oom
+
+    v2 = tmp_path / "unified/sdshim.slice/u.service/container"
+    v2.mkdir(parents=True)
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\n")
+    assert oom.kills("/sdshim.slice/u.service/container", root=tmp_path) == 1
+    v1 = tmp_path / "memory/sdshim.slice/w.service/container"
+    v1.mkdir(parents=True)
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    assert oom.kills("/sdshim.slice/w.service/container", root=tmp_path) == 3
+    # Kernels before 4.13 have no counter; outside a unit there is no cgroup of our own.
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
+    assert oom.kills("/sdshim.slice/w.service/container", root=tmp_path) is None
+    assert oom.kills("", root=tmp_path) is None
+
+
+@pytest.mark.parametrize("policy, remain", [("no", True), ("on-failure", True),
+                                            ("always", False)])
+def test_restart_policy_properties(policy: str, remain: bool) -> None:
+    from sdshim.errors import EXIT_NO_RESTART
+
+    s = spec.ContainerSpec(name="x", id="0" * 64, bundle=Path("/b"), runtime="/usr/bin/runc",
+                           restart=policy, restart_delay=0.5)
+    props = {k: v.value for k, v in s.unit_properties()}
+    assert props["RemainAfterExit"] is remain
+    argv = props["ExecStart"][0][1]
+    assert argv[argv.index("--restart") + 1] == policy
+    if policy == "no":
+        assert "Restart" not in props
+    else:
+        assert props["Restart"] == policy and props["RestartUSec"] == 500_000
+        assert props["StartLimitIntervalUSec"] == 0
+        assert props["RestartPreventExitStatus"] == ([EXIT_NO_RESTART], [])
+
+
+def test_stop_signal_from_annotation() -> None:
+    from sdshim.errors import BundleError
+    from sdshim.units.manager import STOP_SIGNAL_ANNOTATION, bundle_stop_signal
+
+    path = Path("/b/config.json")
+    assert bundle_stop_signal({}, path) == 15
+    assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "SIGQUIT"}}, path) == 3
+    assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "usr2"}}, path) == 12
+    assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "9"}}, path) == 9
+    with pytest.raises(BundleError, match="--stop-signal"):
+        bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "SIGNOPE"}}, path)
