@@ -376,11 +376,14 @@ def test_runtime_killed_during_create(bed: Bed, name: str, make_bundle: Any) -> 
                       str(make_bundle("true"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def wrapper() -> list[str]:
-        return [p[0] for p in bed_processes(bed) if "slow-create-30" in p[2]]
+        return [p[0] for p in bed_processes(bed)
+                if p[2].startswith("/bin/sh ") and "slow-create-30 " in p[2]]
 
     pid = poll("the runtime to start", wrapper)[0]
-    bed.run(["pkill", "-KILL", "-P", pid])  # its sleep, which holds the output pipes
+    children = poll("its sleep", lambda: bed.run(["pgrep", "-P", pid]).stdout.split())
     kill_in_bed(bed, pid)
+    for child in children:  # the sleep, which holds the output pipes
+        kill_in_bed(bed, child.decode())
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 125, err
     message = b"slow-create-30 create was killed by SIGKILL"
