@@ -369,11 +369,16 @@ def _restarting(props: dict[str, Any] | None, exit_record: dict[str, Any]) -> bo
         return False
     if props.get("SubState") == "auto-restart":
         return True
-    if props.get("ActiveState") not in ("active", "activating") or \
+    active = props.get("ActiveState")
+    if active not in ("active", "activating", "deactivating") or \
             props.get("SubState") == "exited":
         return False
-    # The monitor recorded the exit and has not ended yet (or a new one is starting):
-    # systemd applies the policy to its status, unless the monitor marked it final.
+    job = props.get("Job") or (0, "/")
+    if active == "deactivating" and job[0]:
+        return False  # a stop job: systemd does not restart what it was asked to stop
+    # The monitor recorded the exit and has not ended yet, or the unit is winding down
+    # after it (or a new monitor is starting): systemd applies the policy to its
+    # status, unless the monitor marked it final.
     policy, code = props.get("Restart", "no"), exit_record.get("monitor_exit_code")
     if policy == "no" or code == EXIT_NO_RESTART:
         return False
