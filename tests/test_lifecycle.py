@@ -137,7 +137,8 @@ def assert_nothing_leaked(bed: Bed) -> None:
                         if p.is_dir() and p.name.startswith(f"sdshim-{PREFIX}")]
             assert leftover == [], (hierarchy, leftover)
     procs = [p for p in bed_processes(bed)
-             if "sdshim.shim" in p[2] or "runc" in p[2].split(" ", 1)[0]
+             if "sdshim.shim" in p[2] or "sdshim/shim/__main__" in p[2]
+             or "runc" in p[2].split(" ", 1)[0]
              or p[2].startswith("sleep ")]
     assert procs == [], procs
     assert zombies(bed) == []
