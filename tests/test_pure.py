@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sdshim import naming
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UsageError
 from sdshim.shim import runtime
+from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import LineSplitter, encode_entry, encode_field
 from sdshim.units import spec
 from sdshim.units.bus import unit_path
 from sdshim.units.cli import parse_signal
-from sdshim.units.logs import Reassembler
+from sdshim.units.logs import ExportParser, Reassembler, parse_export
 
 
 @pytest.mark.parametrize("good", ["web", "a", "db-1", "x.y_z", "A" * 63, "0abc"])
@@ -62,7 +65,8 @@ def test_line_splitter_lines_partials_and_rest() -> None:
     assert list(s.feed(b"ab\ncd")) == [(b"ab", False)]
     assert list(s.feed(b"efghij\n\n")) == [(b"cdef", True), (b"ghij", False), (b"", False)]
     assert list(s.feed(b"xyz")) == []
-    assert list(s.flush()) == [(b"xyz", False)]
+    # No newline followed: partial, so readers do not add one.
+    assert list(s.flush()) == [(b"xyz", True)]
     assert list(s.flush()) == []
 
 
@@ -98,8 +102,6 @@ def test_bad_properties_name_the_problem(item: str, message: str) -> None:
 
 
 def test_unit_properties_shape() -> None:
-    from pathlib import Path
-
     s = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="/usr/sbin/runc")
     props = dict(s.unit_properties())
     assert props["Type"].value == "notify"
@@ -136,16 +138,28 @@ def test_parse_signal() -> None:
         parse_signal("NOPE")
 
 
+def test_line_splitter_long_line_across_reads() -> None:
+    s = LineSplitter(4)
+    out = [*s.feed(b"abcdef"), *s.feed(b"ghij"), *s.feed(b"kl\nm")]
+    assert out == [(b"abcd", True), (b"efgh", True), (b"ijkl", False)]
+    assert list(s.flush()) == [(b"m", True)]
+
+
 def test_reassembler_joins_partials_per_stream() -> None:
     r = Reassembler()
-    out = [r.add({"MESSAGE": "ab", "PRIORITY": "6", "CONTAINER_PARTIAL_MESSAGE": "true",
-                  "__REALTIME_TIMESTAMP": "1"}),
-           r.add({"MESSAGE": "E", "PRIORITY": "3", "__REALTIME_TIMESTAMP": "2"}),
-           r.add({"MESSAGE": [99, 255], "PRIORITY": "6", "__REALTIME_TIMESTAMP": "3"})]
+    out = [r.add({b"MESSAGE": b"ab", b"PRIORITY": b"6", b"CONTAINER_PARTIAL_MESSAGE": b"true",
+                  b"__REALTIME_TIMESTAMP": b"1"}),
+           r.add({b"MESSAGE": b"E", b"PRIORITY": b"3", b"__REALTIME_TIMESTAMP": b"2"}),
+           r.add({b"MESSAGE": b"c\xff", b"PRIORITY": b"6", b"__REALTIME_TIMESTAMP": b"3"})]
     assert out[0] is None
     assert out[1] is not None and (out[1].stream, out[1].data) == ("stderr", b"E")
     assert out[2] is not None and (out[2].stream, out[2].data) == ("stdout", b"abc\xff")
-    assert out[2].usec == 1
+    assert out[2].usec == 1 and out[2].newline
+    # A partial chunk nothing followed: output that ended without a newline.
+    assert r.add({b"MESSAGE": b"end", b"PRIORITY": b"6",
+                  b"CONTAINER_PARTIAL_MESSAGE": b"true"}) is None
+    (rest,) = r.rest()
+    assert (rest.data, rest.newline) == (b"end", False)
 
 
 def test_oom_kill_counter_of_v1_and_v2_cgroups(tmp_path: Path) -> None:
@@ -195,3 +209,81 @@ def test_stop_signal_from_annotation() -> None:
     assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "9"}}, path) == 9
     with pytest.raises(BundleError, match="--stop-signal"):
         bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "SIGNOPE"}}, path)
+
+
+def test_reassembler_understands_journald_line_breaks() -> None:
+    r = Reassembler()
+    entries = [(b"a" * 3, b"line-max"), (b"b", None), (b"x", b"nul"), (b"y", b"pid-change"),
+               (b"z", None), (b"last", b"eof")]
+    lines = [r.add({b"MESSAGE": m, b"PRIORITY": b"6",
+                    **({b"_LINE_BREAK": brk} if brk else {})}) for m, brk in entries]
+    done = [ln for ln in lines if ln is not None]
+    assert [(ln.data, ln.newline) for ln in done] == \
+        [(b"aaab", True), (b"x\0yz", True), (b"last", False)]
+    assert r.rest() == []
+
+
+def test_export_parser_text_binary_and_split_reads() -> None:
+    binary = b"two\nlines\0\xff"
+    data = (b"__CURSOR=c1\nMESSAGE=plain\n\n"
+            + b"__CURSOR=c2\nMESSAGE\n" + struct.pack("<Q", len(binary)) + binary + b"\n"
+            + b"PRIORITY=3\n\n")
+    assert parse_export(data) == [{b"__CURSOR": b"c1", b"MESSAGE": b"plain"},
+                                  {b"__CURSOR": b"c2", b"MESSAGE": binary, b"PRIORITY": b"3"}]
+    parser = ExportParser()
+    got = []
+    for i in range(len(data)):  # byte by byte: every cut point
+        got += parser.feed(data[i:i + 1])
+    assert got == parse_export(data)
+
+
+def test_cri_log_format_partial_tags_and_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "ctr.log"
+    log = CriLog(str(path), size_max=200)
+    log.write("stdout", [(b"x" * 10, True), (b"y", False)])
+    log.write("stderr", [(b"e" * 150, False)])  # does not fit: rotate first
+    log.close()
+    old = (tmp_path / "ctr.log.1").read_bytes().splitlines()
+    new = path.read_bytes().splitlines()
+    stamp = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z"
+    assert [re.fullmatch(stamp + rb" stdout ([PF]) (.*)", ln).groups()  # type: ignore[union-attr]
+            for ln in old] == [(b"P", b"x" * 10), (b"F", b"y")]
+    assert re.fullmatch(stamp + rb" stderr F " + b"e" * 150, new[0]) and len(new) == 1
+    # A line longer than the limit is written whole, in a file of its own.
+    log = CriLog(str(path), size_max=200)
+    log.write("stdout", [(b"z" * 500, False)])
+    log.close()
+    assert (tmp_path / "ctr.log.1").read_bytes() == b"\n".join(new) + b"\n"
+    assert path.read_bytes().endswith(b" stdout F " + b"z" * 500 + b"\n")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"log_driver": "journald"}, "invalid --log-driver"),
+    ({"log_max_line": spec.LOG_MAX_LINE_LIMIT + 1}, "invalid --log-max-line"),
+    ({"log_path": "/nonexistent/dir/x.log"}, "does not exist"),
+    ({"log_path": "/tmp/x.log", "log_driver": "stream"}, "needs --log-driver native"),
+    ({"log_size_max": 10}, "needs --log-path"),
+    ({"log_rate_limit": "100"}, "BURST/INTERVAL"),
+    ({"log_rate_limit": "100/0s"}, "longer than 0s"),
+    ({"log_rate_limit": "x/30s"}, "invalid --log-rate-limit"),
+])
+def test_bad_log_options_name_the_problem(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="runc",
+                           **options)
+
+
+def test_log_options_reach_the_monitor_and_the_unit() -> None:
+    s = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="runc",
+                           log_driver="native", log_path="/tmp/web.log", log_size_max=4096,
+                           log_max_line=1000, log_rate_limit="500/10s")
+    argv = s.monitor_argv()
+    for option, value in (("--log-path", "/tmp/web.log"), ("--log-size-max", "4096"),
+                          ("--log-max-line", "1000")):
+        assert argv[argv.index(option) + 1] == value
+    props = dict(s.unit_properties())
+    assert props["LogRateLimitBurst"].value == 500
+    assert props["LogRateLimitIntervalUSec"].value == 10_000_000
+    stream = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="runc",
+                                log_driver="stream")
+    assert stream.monitor_argv()[-2:] == ["--log-driver", "stream"]

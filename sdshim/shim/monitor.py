@@ -13,6 +13,7 @@ import ctypes
 import fcntl
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from sdshim import records, spawn
 from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
-from sdshim.shim import cgroup, oom, options, runtime
+from sdshim.shim import cgroup, journal, oom, options, runtime
+from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import (
     PRIORITY_STDERR,
     PRIORITY_STDOUT,
@@ -33,6 +35,7 @@ from sdshim.shim.journal import (
     encode_field,
 )
 from sdshim.shim.notify import Notifier
+from sdshim.shim.output import Output
 from sdshim.signals import signal_name
 
 # Start-up cost is paid once per container: keep `typing` (and anything the normal path
@@ -47,9 +50,15 @@ F_SETPIPE_SZ = 1031
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
              signal.SIGUSR1, signal.SIGUSR2)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Longest journal entry; longer lines become CONTAINER_PARTIAL_MESSAGE chunks. 256 KiB
+# keeps JSON log lines whole far beyond conmon's 8 KiB and journald's 48 KiB stream
+# LineMax, still fits one datagram under the default wmem_max (2 x 212992 bytes: no
+# memfd per entry, even without SO_SNDBUFFORCE), and bounds the monitor's buffer.
 DEFAULT_MAX_LINE = 256 * 1024
-# How long to wait for writers the container left behind to close its pipes.
+# How long the pipes may stay silent, after the container's exit, before the monitor
+# stops waiting for writers the container left behind to close them.
 DRAIN_TIMEOUT = 5.0
+READ_SIZE = 1 << 16
 
 
 class NameTakenError(Exception):
@@ -93,8 +102,12 @@ class Monitor:
         self.cgroup_path = ""  # the container's cgroup, as given to the runtime
         self.oom_score_adj: int | None = None  # what the container gets (see oom.py)
         self.restarts = 0
+        self.invocations: list[str] = []
         self.journal: JournalWriter | None = None
         self.fields = b""
+        self.output: Output | None = None
+        self.log_driver: str = opts.log_driver
+        self.read_total = 0  # bytes read from the container's pipes, to see a drain progress
         self.streams: list[Stream] = []
         self.control: socket.socket | None = None
         self.starting = False  # start requested (by --start or the control socket)
@@ -128,6 +141,9 @@ class Monitor:
         # Records of a predecessor in this unit: systemd restarted it (Restart=). Count
         # it, so the count survives the unit (NRestarts goes when the unit is unloaded).
         self.restarts = int(previous.get("restarts", 0)) + 1 if previous else 0
+        # Stream-driver lines are found by the unit invocations that wrote them.
+        self.invocations = [*(previous or {}).get("invocation_ids", []),
+                            *filter(None, [os.environ.get("INVOCATION_ID")])]
         for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / stale).unlink()
@@ -145,6 +161,7 @@ class Monitor:
         except OSError as e:
             print(f"sdshim: journald not reachable ({e}); container output goes to the "
                   "unit's stdout", file=sys.stderr)
+        self.output = Output(self.journal, self.fields)
 
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.control.bind(str(self.dir / "control"))
@@ -219,10 +236,11 @@ class Monitor:
     def _on_output(self, fileobj: object) -> None:
         stream = next(s for s in self.streams if s.fd == fileobj)
         try:
-            data = os.read(stream.fd, 1 << 16)
+            data = os.read(stream.fd, READ_SIZE)
         except BlockingIOError:
             return
         if data:
+            self.read_total += len(data)
             self._emit(stream, stream.splitter.feed(data))
         else:
             self._close_stream(stream)
@@ -234,15 +252,44 @@ class Monitor:
         stream.open = False
 
     def _emit(self, stream: Stream, lines: Any) -> None:
-        for line, partial in lines:
-            stream.last_line = line
-            if self.journal is None:
-                sys.stdout.buffer.write(line + b"\n")
-                continue
-            entry = encode_field("MESSAGE", line) + stream.prefix + self.fields
-            if partial:
-                entry += b"CONTAINER_PARTIAL_MESSAGE=true\n"
-            self.journal.send(entry)
+        lines = list(lines)
+        if lines:
+            stream.last_line = lines[-1][0]
+            assert self.output is not None
+            self.output.emit(stream.name, stream.prefix, lines)
+
+    def open_output(self) -> tuple[int, int]:
+        """The write ends for the container's stdout and stderr.
+
+        native: pipes the monitor reads and forwards. stream: journald stream
+        connections, so output never passes through the monitor (and outlives it).
+        """
+        if self.log_driver == "stream":
+            try:
+                return journal.open_streams(self.name, self.opts.unit)
+            except OSError as e:
+                print(f"sdshim: journald stream socket not reachable ({e}); forwarding "
+                      "output over the native protocol instead", file=sys.stderr)
+                self.log_driver = "native"
+        if self.opts.log_path:
+            assert self.output is not None
+            self.output.cri = CriLog(self.opts.log_path, self.opts.log_size_max)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd, name, prio in ((out_r, "stdout", PRIORITY_STDOUT),
+                               (err_r, "stderr", PRIORITY_STDERR)):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
+            os.set_blocking(fd, False)
+            self.streams.append(Stream(fd, name, prio, self.opts.log_max_line))
+            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        return out_w, err_w
+
+    def last_stderr_line(self) -> bytes:
+        """The container's last line on stderr (where runc reports an exec failure)."""
+        if self.log_driver != "stream":
+            return self.streams[1].last_line
+        return journal.last_stream_line(self.name, PRIORITY_STDERR)
 
     def event(self, message: str, **extra: str) -> None:
         """An entry about the container's life (not its output) in the unit's journal."""
@@ -339,15 +386,10 @@ class Monitor:
         except (OSError, ValueError) as e:
             return f"cannot read {bundle / 'config.json'}: {e}"
 
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        for fd, name, prio in ((out_r, "stdout", PRIORITY_STDOUT),
-                               (err_r, "stderr", PRIORITY_STDERR)):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
-            os.set_blocking(fd, False)
-            self.streams.append(Stream(fd, name, prio, self.opts.log_max_line))
-            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        try:
+            out_w, err_w = self.open_output()
+        except OSError as e:
+            return f"cannot set up the container's output: {e}"
 
         env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
                                     "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
@@ -357,7 +399,8 @@ class Monitor:
                          bundle=str(bundle), runtime=self.rt.path, status="creating",
                          restart=self.opts.restart, restarts=self.restarts,
                          pid=None, monitor_pid=os.getpid(), created_at=records.now_iso(),
-                         started_at=None)
+                         started_at=None, log_driver=self.log_driver,
+                         invocation_ids=self.invocations)
         try:
             proc = spawn.start(argv, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
                                stderr=err_w)
@@ -429,13 +472,19 @@ class Monitor:
                 os.waitstatus_to_exitcode(status) not in (1, 255):
             return ""
         self.drain(0.5)
-        line = self.streams[1].last_line.strip()
+        line = self.last_stderr_line().strip()
         if runtime.EXEC_FAILURE_LINE.match(line):
             return line.decode(errors="replace")
         return ""
 
     def drain(self, timeout: float) -> None:
-        self.loop_until(lambda: not any(s.open for s in self.streams), timeout)
+        """Until the pipes are closed, or silent for timeout seconds: however slowly
+        journald takes what is in them, nothing the container wrote is left behind."""
+        while True:
+            before = self.read_total
+            if self.loop_until(lambda: not any(s.open for s in self.streams), timeout) \
+                    or self.read_total == before:
+                return
 
     def cleanup_runtime(self, cid: str = "") -> None:
         """Delete the runtime's state; --force kills anything the container left."""
@@ -452,13 +501,24 @@ class Monitor:
         for stream in self.streams:
             if stream.open:
                 self._close_stream(stream)
+        if self.output is not None:
+            self.output.close()
+        if self.journal is not None:
+            # Everything the container wrote is in the journal before the exit record
+            # says it ended (stream lines may even be queued behind the exit event).
+            journal.sync()
         result.setdefault("finished_at", records.now_iso())
         if self.opts.restart != "no" and (self.final or result.get("error")):
             code = EXIT_NO_RESTART
+        usage = [resource.getrusage(who) for who in
+                 (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         result.update(name=self.name, id=self.id, pid=self.pid or None,
                       restarts=self.restarts,
                       started_at=self.state.get("started_at"),
-                      monitor_exit_code=code)
+                      monitor_exit_code=code,
+                      # the monitor and the runtime commands it ran (runc create, ...)
+                      monitor_cpu_seconds=round(sum(u.ru_utime + u.ru_stime for u in usage),
+                                                3))
         records.write_json(self.dir / "exit.json", result)
         self.write_state(status="exited")
         if result.get("error"):

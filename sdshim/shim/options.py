@@ -31,6 +31,12 @@ def _restart_policy(value: str) -> str:
     return value
 
 
+def _log_driver(value: str) -> str:
+    if value not in ("native", "stream"):
+        raise ValueError(value)
+    return value
+
+
 # option -> (converter, default). Converter _flag: takes no value. Default None: required.
 OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--name": (str, None),
@@ -44,6 +50,9 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--tag": (str, ""),
     "--restart": (_restart_policy, "no"),  # the unit's Restart=: decides final exits
     "--log-max-line": (int, 0),  # 0: the monitor's default
+    "--log-driver": (_log_driver, "native"),
+    "--log-path": (str, ""),  # also write a CRI log file here
+    "--log-size-max": (int, 0),  # rotate it at this size; 0: never
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -40,8 +41,18 @@ def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-delay", type=float, default=DEFAULT_RESTART_DELAY,
                    metavar="SECONDS", help="pause before a restart (default %(default)s)")
     p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
-    p.add_argument("--log-max-line", type=int, default=0, metavar="BYTES",
-                   help="split longer output lines into partial journal entries")
+    p.add_argument("--log-driver", default="native", metavar="native|stream",
+                   help="native (default): the monitor forwards each line with the "
+                   "container fields; stream: output goes straight to journald")
+    p.add_argument("--log-max-line", default="", metavar="BYTES",
+                   help="split longer lines into partial journal entries (default 256K)")
+    p.add_argument("--log-path", default="", metavar="FILE",
+                   help="also write the output to FILE in the CRI log format")
+    p.add_argument("--log-size-max", default="", metavar="BYTES",
+                   help="rotate --log-path to FILE.1 before it grows past BYTES")
+    p.add_argument("--log-rate-limit", default="", metavar="BURST/INTERVAL",
+                   help="let journald drop lines beyond BURST per INTERVAL, e.g. "
+                   "10000/30s (default: no limit)")
     p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
 
 
@@ -110,7 +121,25 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "properties": parse_properties(args.property),
             "stop_timeout": args.stop_timeout, "stop_signal": args.stop_signal,
             "restart": args.restart, "restart_delay": args.restart_delay,
-            "tag": args.log_tag, "log_max_line": args.log_max_line}
+            "tag": args.log_tag, "log_driver": args.log_driver,
+            "log_max_line": _bytes_option("--log-max-line", args.log_max_line),
+            "log_path": args.log_path,
+            "log_size_max": _bytes_option("--log-size-max", args.log_size_max),
+            "log_rate_limit": args.log_rate_limit}
+
+
+def _bytes_option(option: str, value: str) -> int:
+    from sdshim.units.spec import parse_bytes
+
+    if not value:
+        return 0
+    try:
+        n = parse_bytes(value)
+        if n <= 0:
+            raise ValueError("must be more than 0")
+    except ValueError as e:
+        raise UsageError(f"invalid {option} {value!r}: {e}") from None
+    return n
 
 
 def _exit_code(status: dict[str, Any]) -> int:
@@ -124,33 +153,35 @@ async def _print_logs(m: Any, name: str, args: argparse.Namespace) -> None:
     status = await m.status(name)
     if not status.get("id"):
         raise ContainerStateError(f"container {name} has no output yet")
+    if args.tail is not None and args.tail < 0:
+        raise UsageError(f"invalid --tail {args.tail}: give a number of lines, 0 or more")
 
     async def ended() -> bool:
         return bool((await m.status(name))["state"] == "exited")
 
-    lines = []
-    async for line in logs.read_lines(status["id"], follow=args.follow, since=args.since,
-                                      ended=ended):
-        if line.stream == "event" or (args.stream and line.stream != args.stream):
-            continue
-        if args.tail is not None and not args.follow:
-            lines.append(line)
-            continue
-        _write_line(line, args)
-    if args.tail is not None and not args.follow:
-        for line in lines[-args.tail:] if args.tail else []:
-            _write_line(line, args)
+    reader = logs.Reader(logs.matches(status, args.stream), stream=args.stream,
+                         since=args.since)
+    async with contextlib.aclosing(reader.lines(follow=args.follow, tail=args.tail,
+                                                ended=ended)) as batches:
+        async for batch in batches:
+            for line in batch:
+                _write_line(line, args)
+            if args.follow:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _write_line(line: Any, args: argparse.Namespace) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(line.as_json()) + "\n")
-        sys.stdout.flush()
+    """The container's bytes as it wrote them: stdout to stdout, stderr to stderr."""
+    if args.json:
+        sys.stdout.buffer.write(json.dumps(line.as_json()).encode() + b"\n")
         return
-    out = sys.stderr if line.stream == "stderr" else sys.stdout
-    prefix = (line.timestamp + " ").encode() if getattr(args, "timestamps", False) else b""
-    out.buffer.write(prefix + line.data + b"\n")
-    out.flush()
+    out = (sys.stderr if line.stream == "stderr" else sys.stdout).buffer
+    if args.timestamps:
+        out.write(line.timestamp.encode() + b" ")
+    out.write(line.data + b"\n" if line.newline else line.data)
 
 
 async def run_command(args: argparse.Namespace) -> int:

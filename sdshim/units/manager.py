@@ -104,7 +104,9 @@ class Manager:
 
         options: properties (from spec.parse_properties), stop_timeout, stop_signal
         (default: the bundle's annotation org.opencontainers.image.stopSignal, else
-        SIGTERM), tag, log_max_line, restart (no, on-failure, always), restart_delay.
+        SIGTERM), tag, log_max_line, log_driver, log_path, log_size_max,
+        log_rate_limit, restart (no, on-failure, always), restart_delay (see
+        spec.ContainerSpec).
         """
         name = naming.validate_name(name) if name else naming.generate_name()
         bundle, config = check_bundle(bundle)
@@ -207,6 +209,8 @@ class Manager:
             "runtime": state.get("runtime"), "monitor_pid": None,
             "restart": state.get("restart", "no"),
             "restarts": (exit_record or state).get("restarts", 0),
+            "log_driver": state.get("log_driver"),
+            "invocation_ids": state.get("invocation_ids", []),
             "unit_state": None, "status_text": None,
         }
         if props is not None:

@@ -21,6 +21,10 @@ USEC = 1_000_000
 # the burst by up to (log2(free bytes) - 16) / 4 in 32 bits, so stay well below 2**32/12.
 LOG_RATE_BURST_UNLIMITED = 100_000_000
 LOG_RATE_INTERVAL_USEC = 1 * USEC
+LOG_DRIVERS = ("native", "stream")
+# Above this the monitor's per-stream buffer, not journald (768 MiB per field), is the
+# concern: a line is held whole until its newline or this many bytes.
+LOG_MAX_LINE_LIMIT = 64 << 20
 # Margin systemd waits beyond the monitor's own stop timeout before SIGKILLing all.
 STOP_MARGIN_SEC = 5.0
 RESTART_POLICIES = ("no", "on-failure", "always")
@@ -37,10 +41,36 @@ class ContainerSpec:
     stop_timeout: float = 10.0
     stop_signal: int = int(signal.SIGTERM)
     tag: str = ""
-    log_max_line: int = 0
+    log_max_line: int = 0  # 0: the monitor's default
+    log_driver: str = "native"
+    log_path: str = ""  # a CRI log file beside the journal (native driver only)
+    log_size_max: int = 0  # rotate log_path at this size; 0: never
+    log_rate_limit: str = ""  # "BURST/INTERVAL", e.g. 10000/30s; "": no limit
     restart: str = "no"
     restart_delay: float = DEFAULT_RESTART_DELAY
     properties: list[tuple[str, Variant]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.log_driver not in LOG_DRIVERS:
+            raise UsageError(f"invalid --log-driver {self.log_driver!r}: use native "
+                             "(the monitor forwards lines with the container fields) or "
+                             "stream (straight to journald)")
+        if not 0 <= self.log_max_line <= LOG_MAX_LINE_LIMIT:
+            raise UsageError(f"invalid --log-max-line {self.log_max_line}: use 1 to "
+                             f"{LOG_MAX_LINE_LIMIT} bytes, e.g. 256K")
+        if self.log_path:
+            if self.log_driver != "native":
+                raise UsageError("--log-path needs --log-driver native: with stream the "
+                                 "output goes straight to journald, not through sdshim")
+            path = Path(self.log_path).absolute()
+            if not path.parent.is_dir():
+                raise UsageError(f"directory {path.parent} for --log-path does not exist; "
+                                 "create it first")
+            self.log_path = str(path)
+        elif self.log_size_max:
+            raise UsageError("--log-size-max needs --log-path FILE")
+        if self.log_rate_limit:
+            parse_rate_limit(self.log_rate_limit)
 
     @property
     def unit(self) -> str:
@@ -58,10 +88,18 @@ class ContainerSpec:
             argv += ["--tag", self.tag]
         if self.log_max_line:
             argv += ["--log-max-line", str(self.log_max_line)]
+        if self.log_driver != "native":
+            argv += ["--log-driver", self.log_driver]
+        if self.log_path:
+            argv += ["--log-path", self.log_path]
+        if self.log_size_max:
+            argv += ["--log-size-max", str(self.log_size_max)]
         return argv
 
     def unit_properties(self) -> list[tuple[str, Variant]]:
         argv = self.monitor_argv()
+        burst, interval = (parse_rate_limit(self.log_rate_limit) if self.log_rate_limit
+                           else (LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC))
         props = [
             ("Description", Variant("s", f"sdshim container {self.name} ({self.bundle})")),
             ("Slice", Variant("s", naming.SLICE)),
@@ -76,8 +114,8 @@ class ContainerSpec:
             ("KillMode", Variant("s", "mixed")),
             ("TimeoutStopUSec", Variant("t", int((self.stop_timeout + STOP_MARGIN_SEC) * USEC))),
             ("SyslogIdentifier", Variant("s", "sdshim")),
-            ("LogRateLimitIntervalUSec", Variant("t", LOG_RATE_INTERVAL_USEC)),
-            ("LogRateLimitBurst", Variant("u", LOG_RATE_BURST_UNLIMITED)),
+            ("LogRateLimitIntervalUSec", Variant("t", interval)),
+            ("LogRateLimitBurst", Variant("u", burst)),
             ("Environment", Variant("as", [f"SDSHIM_CONTAINER={self.name}"])),
             ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
         ]
@@ -125,6 +163,20 @@ def parse_bytes(value: str) -> int:
     if not m:
         raise ValueError("expected bytes like 512M, 2G or infinity")
     return int(m[1]) * _SIZE_UNITS[m[2]]
+
+
+def parse_rate_limit(value: str) -> tuple[int, int]:
+    """BURST/INTERVAL (journald's LogRateLimitBurst and ...IntervalSec): (burst, usec)."""
+    burst, sep, interval = value.partition("/")
+    try:
+        if not sep or not burst.isdigit() or not 0 < int(burst) < 1 << 32:
+            raise ValueError("expected BURST/INTERVAL, e.g. 10000/30s")
+        usec = parse_seconds(interval)
+        if usec <= 0:
+            raise ValueError("the interval must be longer than 0s")
+    except ValueError as e:
+        raise UsageError(f"invalid --log-rate-limit {value!r}: {e}") from None
+    return int(burst), usec
 
 
 def parse_count(value: str) -> int:
