@@ -205,6 +205,21 @@ def test_stream_output_does_not_pass_through_the_monitor(bed: Bed, name: str,
     assert got == [b"tick %d" % i for i in range(len(got))] and len(got) > last + 3
 
 
+def test_stream_driver_still_reports_exec_errors(bed: Bed, name: str,
+                                                make_bundle: Any) -> None:
+    # runc prints an execve failure on the container's stderr, which in stream mode
+    # only journald sees: the monitor reads it back from there.
+    bundle = data_bundle(make_bundle, bed, {"not-elf": b"\x7fELF\x02 not a program"},
+                         "unused")
+    (bundle / "data" / "not-elf").chmod(0o755)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = ["/data/not-elf"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    out = bed.sdshim("run", "--log-driver", "stream", "--name", name, str(bundle))
+    assert out.returncode == 126
+    assert "exec format error" in one_line_error(out)
+
+
 def test_logs_options_same_for_running_and_exited(bed: Bed, name: str,
                                                   make_bundle: Any) -> None:
     long = noise(3000, 11)
