@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 # Exit codes: 125 = sdshim or runtime failed, 126 = command not executable,
-# 127 = command not found. Usage errors exit 2 like argparse.
+# 127 = command not found, 124 = `exec --timeout` ran out (as timeout(1) does).
+# Usage errors exit 2 like argparse.
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
 EXIT_RUNTIME = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127

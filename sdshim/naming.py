@@ -39,6 +39,12 @@ def unit_name(name: str) -> str:
     return f"{UNIT_PREFIX}{name}{UNIT_SUFFIX}"
 
 
+def exec_unit_name(name: str, exec_id: str) -> str:
+    """sdshim-NAME:exec-ID.service: ':' is valid in unit names but never in a container
+    name, so no container's unit can look like an exec's (and `list` skips these)."""
+    return f"{UNIT_PREFIX}{name}:exec-{exec_id}{UNIT_SUFFIX}"
+
+
 def name_from_unit(unit: str) -> str | None:
     if unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX):
         name = unit[len(UNIT_PREFIX):-len(UNIT_SUFFIX)]

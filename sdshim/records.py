@@ -5,6 +5,9 @@
   exit.json    written once, after the output is drained, when the container ended
   runtime.log  the runtime's JSON error log
   control      the monitor's control socket (start, kill, stop)
+  attach       the attach socket (output, stdin, terminal size; sdshim.framing)
+  console      the runtime's console socket, while it hands over the pty (-t)
+  exec-ID/     the same files for one `sdshim exec` process, written by its monitor
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ RUN_DIR = Path(os.environ.get("SDSHIM_RUN_DIR", "/run/sdshim"))
 
 def container_dir(name: str) -> Path:
     return RUN_DIR / name
+
+
+def exec_dir(name: str, exec_id: str) -> Path:
+    return container_dir(name) / f"exec-{exec_id}"
 
 
 def runtime_root(runtime: str) -> Path:

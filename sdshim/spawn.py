@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sdshim.errors import SdshimError
 
@@ -67,8 +67,9 @@ def start(
     stderr: int | IO[Any] | None = None,
     pass_fds: Sequence[int] = (),
     new_session: bool = False,
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv in the background."""
+    """Start argv in the background; preexec runs in the child just before the exec."""
     try:
         return subprocess.Popen(
             list(argv),
@@ -78,6 +79,7 @@ def start(
             stderr=stderr,
             pass_fds=tuple(pass_fds),
             start_new_session=new_session,
+            preexec_fn=preexec,
         )
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e

@@ -148,6 +148,22 @@ def make_bundle(bed: Bed) -> Any:
     return make
 
 
+def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
+    """A bundle whose rootfs has /foreign: an aarch64 ELF header, ENOEXEC on x86_64."""
+    bundle = make_bundle(*args)
+    rootfs = bundle / "rootfs"
+    foreign = bed.scratch / "foreign-rootfs"
+    if not foreign.exists():
+        shutil.copytree(rootfs.resolve(), foreign, symlinks=True)
+        header = bytes.fromhex("7f454c46020101000000000000000000") + \
+            bytes.fromhex("0200b700010000000000000000000000") + bytes(200)
+        (foreign / "foreign").write_bytes(header)
+        (foreign / "foreign").chmod(0o755)
+    rootfs.unlink()
+    rootfs.symlink_to(foreign)
+    return bundle
+
+
 def assert_clean(bed: Bed, name: str, cid: str | None = None) -> None:
     """Nothing of container `name` (id cid) is left: unit, records, runtime state."""
     units = bed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Bed, assert_clean
+from tests.conftest import Bed, assert_clean, foreign_bundle
 
 
 def status(bed: Bed, name: str) -> dict[str, Any]:
@@ -245,20 +245,7 @@ def test_command_errors_reach_the_user(bed: Bed, name: str, make_bundle: Any,
 
 
 def test_exec_format_error_is_reported(bed: Bed, name: str, make_bundle: Any) -> None:
-    bundle = make_bundle("/foreign")
-    rootfs = bundle / "rootfs"
-    foreign = bed.scratch / "foreign-rootfs"
-    if not foreign.exists():
-        import shutil
-
-        shutil.copytree(rootfs.resolve(), foreign, symlinks=True)
-        # An aarch64 ELF header: the kernel refuses it on x86_64 with ENOEXEC.
-        header = bytes.fromhex("7f454c46020101000000000000000000") + \
-            bytes.fromhex("0200b700010000000000000000000000") + bytes(200)
-        (foreign / "foreign").write_bytes(header)
-        (foreign / "foreign").chmod(0o755)
-    rootfs.unlink()
-    rootfs.symlink_to(foreign)
+    bundle = foreign_bundle(bed, make_bundle, "/foreign")
     out = bed.sdshim("run", "--name", name, str(bundle))
     assert out.returncode == 126
     assert "exec format error" in one_line_error(out)

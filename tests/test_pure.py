@@ -11,13 +11,14 @@ import pytest
 
 from sdshim import naming
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UsageError
-from sdshim.shim import runtime
+from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import LineSplitter, encode_entry, encode_field
 from sdshim.units import spec
 from sdshim.units.bus import unit_path
 from sdshim.units.cli import parse_signal
 from sdshim.units.logs import ExportParser, Reassembler, parse_export
+from sdshim.units.terminal import DetachKeys, parse_detach_keys
 
 
 @pytest.mark.parametrize("good", ["web", "a", "db-1", "x.y_z", "A" * 63, "0abc"])
@@ -287,3 +288,44 @@ def test_log_options_reach_the_monitor_and_the_unit() -> None:
     stream = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="runc",
                                 log_driver="stream")
     assert stream.monitor_argv()[-2:] == ["--log-driver", "stream"]
+
+
+@pytest.mark.parametrize("spec_text, keys", [
+    ("ctrl-p,ctrl-q", b"\x10\x11"), ("ctrl-a,d", b"\x01d"), ("CTRL-X", b"\x18"),
+    ("ctrl-@,ctrl-_", b"\x00\x1f"), ("", b""),
+])
+def test_detach_keys_parse(spec_text: str, keys: bytes) -> None:
+    assert parse_detach_keys(spec_text) == keys
+
+
+@pytest.mark.parametrize("bad", ["ctrl-", "ctrl-pq", "ctrl-1", "p,,q", "é", "alt-x"])
+def test_detach_keys_refuse_nonsense(bad: str) -> None:
+    with pytest.raises(UsageError, match="invalid detach keys"):
+        parse_detach_keys(bad)
+
+
+def test_detach_keys_hold_back_only_a_possible_sequence() -> None:
+    d = DetachKeys(b"\x10\x11")
+    assert d.feed(b"ab\x10") == (b"ab", False)  # ^P held: it may start the sequence
+    assert d.feed(b"c") == (b"\x10c", False)  # it did not: passed on, nothing lost
+    assert d.feed(b"\x10\x10") == (b"\x10", False)  # a second ^P restarts the attempt
+    assert d.feed(b"\x11rest") == (b"", True)
+    assert d.feed(b"x\x10") == (b"x", False)
+    assert d.feed(b"\x11") == (b"", True)  # split across reads
+    assert DetachKeys(b"").feed(b"\x10\x11") == (b"\x10\x11", False)
+    assert DetachKeys(b"q").feed(b"abqz") == (b"ab", True)
+
+
+def test_attach_frames() -> None:
+    frames = framing.split(framing.STDOUT, bytes(framing.MAX_PAYLOAD * 2 + 1))
+    assert [len(f) for f in frames] == [framing.MAX_PAYLOAD + 1] * 2 + [2]
+    assert all(f[0] == framing.STDOUT for f in frames)
+    resize = framing.resize(50, 132)
+    assert resize[0] == framing.RESIZE and framing.parse_resize(resize[1:]) == (50, 132)
+    assert framing.parse_resize(b"\x01") is None
+
+
+def test_exec_units_are_never_taken_for_containers() -> None:
+    unit = naming.exec_unit_name("web", "0123abcd")
+    assert unit == "sdshim-web:exec-0123abcd.service"
+    assert naming.name_from_unit(unit) is None

@@ -67,6 +67,20 @@ def adopt(unit: str, pid: int) -> None:
     _move(_unit_leaves(unit, CONTAINER), pid)
 
 
+def join(pid: int, like: int) -> None:
+    """Put pid (0: this process) in every cgroup that process `like` is in."""
+    try:
+        with open(f"/proc/{like}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return  # the container is gone: so is the exec'd process
+    for line in lines:
+        _hid, ctls, path = line.split(":", 2)
+        mount = _mount_of(ctls)
+        if mount is not None:
+            _move([mount / path.lstrip("/")], pid)
+
+
 def split(unit: str) -> str:
     """Move this process to <unit cgroup>/supervisor everywhere; return the container
     path for the runtime's cgroupsPath. Outside a unit (run by hand), change nothing."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -20,12 +21,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sdshim import records, spawn
 from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
-from sdshim.shim import cgroup, journal, oom, options, runtime
+from sdshim.shim import cgroup, framing, journal, oom, options, runtime
 from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import (
     PRIORITY_STDERR,
@@ -36,6 +37,7 @@ from sdshim.shim.journal import (
 )
 from sdshim.shim.notify import Notifier
 from sdshim.shim.output import Output
+from sdshim.shim.stdio import Stdio
 from sdshim.signals import signal_name
 
 # Start-up cost is paid once per container: keep `typing` (and anything the normal path
@@ -71,6 +73,7 @@ class Stream:
     def __init__(self, fd: int, name: str, priority: int, max_line: int) -> None:
         self.fd = fd
         self.name = name
+        self.kind = framing.STDERR if name == "stderr" else framing.STDOUT  # for attach
         self.prefix = encode_field("PRIORITY", str(priority).encode())
         self.splitter = LineSplitter(max_line)
         self.last_line = b""
@@ -86,7 +89,7 @@ class Monitor:
 
             opts.id = generate_id()
         self.id: str = opts.id
-        self.dir = records.container_dir(self.name)
+        self.dir = self.records_dir()
         self.notifier = Notifier()
         self.rt = runtime.Runtime(opts.runtime, records.runtime_root(opts.runtime),
                                   self.dir / "runtime.log")
@@ -114,6 +117,16 @@ class Monitor:
         self.started = False
         self.exec_confirmed = False  # the runtime's init has become the container's command
         self.exited = False
+        self.start_failure = ""  # why a start requested over the control socket failed
+        self.stdio = Stdio(self.sel, self.dir, tty=opts.tty, stdin=opts.interactive,
+                           on_terminal=self._on_terminal)
+        self.tty_stream: Stream | None = None
+        # What ties sdshim's own journal entries (not the output) to this container.
+        self.event_ids = {"SDSHIM_CONTAINER_ID_FULL": self.id,
+                          "SDSHIM_CONTAINER_NAME": self.name}
+
+    def records_dir(self) -> Path:
+        return records.container_dir(self.name)
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -168,6 +181,7 @@ class Monitor:
         self.control.listen(16)
         self.control.setblocking(False)
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control_accept)
+        self.stdio.listen()
         # Runtime state left by a predecessor in this unit that died (this is a restart):
         # the runtime would refuse the same id again, and another id would leak it.
         for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
@@ -239,8 +253,13 @@ class Monitor:
             data = os.read(stream.fd, READ_SIZE)
         except BlockingIOError:
             return
+        except OSError as e:
+            if e.errno != errno.EIO:  # a pty master once the container's side is closed
+                raise
+            data = b""
         if data:
             self.read_total += len(data)
+            self.stdio.output(stream.kind, data)
             self._emit(stream, stream.splitter.feed(data))
         else:
             self._close_stream(stream)
@@ -253,10 +272,26 @@ class Monitor:
 
     def _emit(self, stream: Stream, lines: Any) -> None:
         lines = list(lines)
+        if stream is self.tty_stream:  # the terminal's CR LF ends a line too
+            lines = [(line if partial else line.removesuffix(b"\r"), partial)
+                     for line, partial in lines]
         if lines:
             stream.last_line = lines[-1][0]
             assert self.output is not None
             self.output.emit(stream.name, stream.prefix, lines)
+
+    def add_stream(self, fd: int, name: str, priority: int) -> Stream:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
+        os.set_blocking(fd, False)
+        stream = Stream(fd, name, priority, self.opts.log_max_line)
+        self.streams.append(stream)
+        self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        return stream
+
+    def _on_terminal(self, master: int) -> None:
+        # Named stdout: the CRI log and the journal's PRIORITY see a terminal as stdout.
+        self.tty_stream = self.add_stream(master, "stdout", PRIORITY_STDOUT)
 
     def open_output(self) -> tuple[int, int]:
         """The write ends for the container's stdout and stderr.
@@ -276,17 +311,15 @@ class Monitor:
             self.output.cri = CriLog(self.opts.log_path, self.opts.log_size_max)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        for fd, name, prio in ((out_r, "stdout", PRIORITY_STDOUT),
-                               (err_r, "stderr", PRIORITY_STDERR)):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
-            os.set_blocking(fd, False)
-            self.streams.append(Stream(fd, name, prio, self.opts.log_max_line))
-            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        self.add_stream(out_r, "stdout", PRIORITY_STDOUT)
+        self.add_stream(err_r, "stderr", PRIORITY_STDERR)
         return out_w, err_w
 
     def last_stderr_line(self) -> bytes:
-        """The container's last line on stderr (where runc reports an exec failure)."""
+        """The container's last line on stderr (where runc reports an exec failure; in
+        terminal mode, that is the terminal)."""
+        if self.tty_stream is not None:
+            return self.tty_stream.last_line
         if self.log_driver != "stream":
             return self.streams[1].last_line
         return journal.last_stream_line(self.name, PRIORITY_STDERR)
@@ -297,8 +330,7 @@ class Monitor:
             print(f"sdshim: {message}", file=sys.stderr)
             return
         fields = {"MESSAGE": message, "PRIORITY": "6", "SYSLOG_IDENTIFIER": "sdshim",
-                  "SDSHIM_CONTAINER_ID_FULL": self.id, "SDSHIM_CONTAINER_NAME": self.name,
-                  **extra}
+                  **self.event_ids, **extra}
         self.journal.send(b"".join(encode_field(k, v.encode()) for k, v in fields.items()))
 
     # --- signals and control -------------------------------------------------------
@@ -361,6 +393,7 @@ class Monitor:
                 return {"ok": False, "error": "container is already started"}
             self.starting = True
             err = self.start()
+            self.start_failure = err  # the end: run() records it and exits
             return {"ok": not err, "error": err, "pid": self.pid}
         if op == "kill":
             if not self.pid or self.exited:
@@ -382,7 +415,8 @@ class Monitor:
         cg = cgroup.split(self.opts.unit) if self.opts.unit else ""
         self.cgroup_path = cg
         try:
-            runtime.write_config(bundle, self.dir / "bundle", cg, self.oom_score_adj)
+            runtime.write_config(bundle, self.dir / "bundle", cg, self.oom_score_adj,
+                                 terminal=self.opts.tty)
         except (OSError, ValueError) as e:
             return f"cannot read {bundle / 'config.json'}: {e}"
 
@@ -390,37 +424,52 @@ class Monitor:
             out_w, err_w = self.open_output()
         except OSError as e:
             return f"cannot set up the container's output: {e}"
-
-        env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
-                                    "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
-        argv = self.rt.argv("create", "--bundle", str(self.dir / "bundle"),
-                            "--pid-file", str(self.dir / "pid"), self.id)
         self.write_state(name=self.name, id=self.id, unit=self.opts.unit,
                          bundle=str(bundle), runtime=self.rt.path, status="creating",
                          restart=self.opts.restart, restarts=self.restarts,
                          pid=None, monitor_pid=os.getpid(), created_at=records.now_iso(),
                          started_at=None, log_driver=self.log_driver,
-                         invocation_ids=self.invocations)
+                         invocation_ids=self.invocations,
+                         tty=self.opts.tty, stdin=self.opts.interactive)
+        error = self.spawn_runtime("create", ["--bundle", str(self.dir / "bundle")],
+                                   out_w, err_w)
+        if error:
+            return error
+        if not self.exited and self.opts.unit:
+            cgroup.adopt(self.opts.unit, self.pid)
+        self.write_state(status="created", pid=self.pid)
+        return ""
+
+    def spawn_runtime(self, command: str, options: Sequence[str], out_w: int, err_w: int,
+                      args: Sequence[str] = (),
+                      preexec: Callable[[], None] | None = None) -> str:
+        """The runtime command that makes the container's process (create, exec), its
+        output to out_w and err_w (closed here); sets self.pid. An error, or ''."""
+        env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+                                    "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
+        argv = self.rt.argv(command, *options, *self.stdio.runtime_args(),
+                            "--pid-file", str(self.dir / "pid"), self.id, *args)
         try:
-            proc = spawn.start(argv, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
-                               stderr=err_w)
+            proc = spawn.start(argv, env=env, stdin=self.stdio.runtime_stdin(), stdout=out_w,
+                               stderr=err_w, preexec=preexec)
         except spawn.CommandError as e:
             return str(e)
         finally:
             os.close(out_w)
             os.close(err_w)
+            self.stdio.after_spawn()
         code = self.wait_child(proc)
         if code != 0:
-            return self.rt.last_error() or f"{self.rt.name} create {_how(code)}"
+            return self.rt.last_error() or f"{self.rt.name} {command} {_how(code)}"
         try:
             self.pid = int((self.dir / "pid").read_text())
         except (OSError, ValueError) as e:
-            return f"{self.rt.name} create left no usable pid file: {e}"
+            return f"{self.rt.name} {command} left no usable pid file: {e}"
         if self.pid in self.reaped:
             self.exited = True
-        elif self.opts.unit:
-            cgroup.adopt(self.opts.unit, self.pid)
-        self.write_state(status="created", pid=self.pid)
+        # The runtime sent the pty master before it exited; it may still be in the queue.
+        if not self.loop_until(self.stdio.terminal_ready, 5.0):
+            return f"{self.rt.name} {command} did not pass the terminal to the console socket"
         return ""
 
     def start(self) -> str:
@@ -429,6 +478,10 @@ class Monitor:
                                            stdin=subprocess.DEVNULL))
         if code != 0 and not self.exited:
             return self.rt.last_error() or f"{self.rt.name} start {_how(code)}"
+        return self.confirm_running()
+
+    def confirm_running(self) -> str:
+        """After the runtime started the command: make sure it runs; error message or ''."""
         self.started = True
         if not self.exited:
             self.wait_exec()
@@ -452,14 +505,16 @@ class Monitor:
         for it here lets start report it instead of a container that 'ran' and exited.
         """
         deadline = time.monotonic() + 2.0
-        # Until exec, the init is the runtime itself (often a memfd copy of it).
+        # Until exec, the init is the runtime itself: a memfd copy of it, or (runc 1.1's
+        # bindfd) a file on a detached bind mount, whose path reads as "/". No command
+        # can be "/", a directory.
         names = {"runc", "crun", self.rt.name}
         while not self.exited and time.monotonic() < deadline:
             try:
                 exe = os.readlink(f"/proc/{self.pid}/exe")
             except OSError:
                 exe = ""
-            if exe and not any(n in exe for n in names):
+            if exe not in ("", "/") and not any(n in exe for n in names):
                 self.exec_confirmed = True
                 return
             self.loop_until(lambda: self.exited, timeout=0.001)
@@ -521,6 +576,7 @@ class Monitor:
                                                 3))
         records.write_json(self.dir / "exit.json", result)
         self.write_state(status="exited")
+        self.stdio.finish(result, self.loop_until)
         if result.get("error"):
             self.notifier.send(STATUS=f"Error: {result['error']}")
             self.event(f"Container {self.name} failed: {result['error']}",
@@ -560,7 +616,9 @@ class Monitor:
                 self.deliver(signal.SIGKILL)  # stopped while being created: never started
             self.notifier.send(
                 READY=1, STATUS=f"Container {self.name} created, pid {self.pid}")
-        self.loop_until(lambda: self.exited)
+        self.loop_until(lambda: self.exited or bool(self.start_failure))
+        if self.start_failure:
+            return self.fail(self.start_failure)
         # Ended, not yet recorded (output still draining): not "running" any more.
         self.write_state(status="exiting")
         status = self.reaped[self.pid]
@@ -634,7 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     if not _executable(opts.runtime):
         print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)
         return EXIT_RUNTIME
-    monitor = Monitor(opts)
+    monitor: Monitor
+    if opts.exec_id:  # the monitor of an `sdshim exec` process
+        from sdshim.shim.execmonitor import ExecMonitor
+
+        monitor = ExecMonitor(opts)
+    else:
+        monitor = Monitor(opts)
     try:
         return monitor.run()
     except Exception as e:

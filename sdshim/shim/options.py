@@ -38,6 +38,7 @@ def _log_driver(value: str) -> str:
 
 
 # option -> (converter, default). Converter _flag: takes no value. Default None: required.
+# A list default: the option may repeat. After `--`: the command (an exec's).
 OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--name": (str, None),
     "--id": (str, ""),  # "": generated (a template unit has no manager to pick one)
@@ -53,6 +54,13 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--log-driver": (_log_driver, "native"),
     "--log-path": (str, ""),  # also write a CRI log file here
     "--log-size-max": (int, 0),  # rotate it at this size; 0: never
+    "--interactive": (_flag, False),  # keep the container's stdin open (-i)
+    "--tty": (_flag, False),  # give it a terminal (-t)
+    # The monitor of an `sdshim exec` process (sdshim.shim.execmonitor):
+    "--exec-id": (str, ""),
+    "--timeout": (float, 0.0),  # kill the process after this many seconds
+    "--env": (str, []),
+    "--cwd": (str, ""),
 }
 
 
@@ -64,7 +72,7 @@ def usage() -> str:
         else:
             metavar = opt[2:].upper().replace("-", "_")
             parts.append(f"{opt} {metavar}" if default is None else f"[{opt} {metavar}]")
-    return f"usage: {PROG} " + " ".join(parts)
+    return f"usage: {PROG} " + " ".join(parts) + " [-- COMMAND...]"
 
 
 def _fail(message: str) -> NoReturn:
@@ -76,8 +84,15 @@ def parse(argv: list[str]) -> SimpleNamespace:
     """--opt VALUE, --opt=VALUE and flags; exits 2 with a message on bad input."""
     values: dict[str, object] = {opt: default for opt, (_, default) in OPTIONS.items()}
     values["--unit"] = os.environ.get("SDSHIM_UNIT", "")
+    values["--command"] = []
+    lists: dict[str, list[object]] = {opt: [] for opt, (_, default) in OPTIONS.items()
+                                      if isinstance(default, list)}
+    values.update(lists)
     args = iter(argv)
     for arg in args:
+        if arg == "--":
+            values["--command"] = list(args)
+            break
         if arg in ("-h", "--help"):
             print(usage())
             raise SystemExit(0)
@@ -94,7 +109,10 @@ def parse(argv: list[str]) -> SimpleNamespace:
         if raw is None:
             _fail(f"{opt} needs a value")
         try:
-            values[opt] = convert(raw)
+            if opt in lists:
+                lists[opt].append(convert(raw))
+            else:
+                values[opt] = convert(raw)
         except ValueError:
             _fail(f"invalid value for {opt}: {raw!r}")
     missing = [opt for opt, value in values.items() if value is None]

@@ -24,6 +24,12 @@ class Runtime:
     def name(self) -> str:
         return Path(self.path).name
 
+    @property
+    def places_processes(self) -> bool:
+        """Whether it puts the processes it starts into the container's cgroups: runc
+        does; crun runs with its cgroup manager disabled here (see argv)."""
+        return self.name != "crun"
+
     def argv(self, *args: str) -> list[str]:
         extra = ["--cgroup-manager=disabled"] if self.name == "crun" else []
         return [self.path, "--root", str(self.root), "--log", str(self.log),
@@ -47,8 +53,9 @@ class Runtime:
 
 
 def write_config(bundle: Path, target: Path, cgroups_path: str,
-                 oom_score_adj: int | None = None) -> dict[str, Any]:
-    """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup.
+                 oom_score_adj: int | None = None, terminal: bool = False) -> dict[str, Any]:
+    """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup,
+    with a terminal (through the console socket) or stdio pipes as asked for.
 
     oom_score_adj: the container's, unless the bundle sets one (the monitor lowers its
     own, and the container must not inherit that).
@@ -60,7 +67,7 @@ def write_config(bundle: Path, target: Path, cgroups_path: str,
     if cgroups_path:
         config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
     process = config.setdefault("process", {})
-    process["terminal"] = False  # stdio through our pipes; tty mode comes with -t
+    process["terminal"] = terminal  # -t, not the bundle's wish: it decides how we do stdio
     if oom_score_adj is not None:
         process.setdefault("oomScoreAdj", oom_score_adj)
     target.mkdir(exist_ok=True)
@@ -93,6 +100,6 @@ def classify(message: str) -> int:
 def clean_message(message: str) -> str:
     """Drop runc's generic prefixes, keep the part that names the problem."""
     for prefix in ("runc create failed: ", "runc run failed: ", "runc start failed: ",
-                   "unable to start container process: "):
+                   "exec failed: ", "unable to start container process: "):
         message = message.removeprefix(prefix)
     return message.strip()

@@ -8,14 +8,21 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdshim import __version__
-from sdshim.errors import EXIT_RUNTIME, ContainerStateError, SdshimError, UsageError
+from sdshim import __version__, records
+from sdshim.errors import (
+    EXIT_RUNTIME,
+    EXIT_TIMEOUT,
+    ContainerStateError,
+    SdshimError,
+    UsageError,
+)
 from sdshim.signals import signal_number
 from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES
+from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
 
 
 def parse_signal(value: str) -> int:
@@ -53,7 +60,20 @@ def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-rate-limit", default="", metavar="BURST/INTERVAL",
                    help="let journald drop lines beyond BURST per INTERVAL, e.g. "
                    "10000/30s (default: no limit)")
+    _stdio_options(p)
     p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
+
+
+def _stdio_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep stdin open (attached: feed it from ours)")
+    p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+
+
+def _detach_keys_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
+                   help="keys that detach from a terminal, leaving the process running "
+                        f"(default {DEFAULT_DETACH_KEYS}; '' disables)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--detach", action="store_true",
                    help="print the name and return once the container runs")
     p.add_argument("--rm", action="store_true", help="delete the container when it exits")
+    _detach_keys_option(p)
     p = sub.add_parser("start", help="start a created container")
     p.add_argument("name")
     p = sub.add_parser("status", help="show a container's state")
@@ -94,18 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = sub.add_parser("wait", help="wait for a container to exit; print its exit code")
     p.add_argument("name")
+    p = sub.add_parser("attach", help="connect to a running container's terminal or stdio")
+    _detach_keys_option(p)
+    p.add_argument("--no-stdin", action="store_true", help="only watch; send no input")
+    p.add_argument("name")
+    p = sub.add_parser("exec", help="run a command in a running container")
+    _stdio_options(p)
+    _detach_keys_option(p)
+    p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help=f"kill the command after this long (exit code {EXIT_TIMEOUT})")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-w", "--workdir", default="", metavar="DIR")
+    p.add_argument("name")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p = sub.add_parser("delete", aliases=["rm"], help="delete containers")
     p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
     p.add_argument("names", nargs="+", metavar="name")
     return parser
 
 
-def _proxy_signals(m: Any, name: str) -> None:
-    """While attached, signals to the CLI go to the container (docker's --sig-proxy)."""
+def _proxy_signals(kill: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """While attached, signals to the CLI go to the container or exec process (docker's
+    --sig-proxy), through kill(signum)."""
     loop = asyncio.get_running_loop()
 
     def forward(signum: int) -> None:
-        task = loop.create_task(m.kill(name, signum))
+        task = loop.create_task(kill(signum))
         # The container may be gone already; its exit ends the attached run anyway.
         task.add_done_callback(lambda t: t.exception())
 
@@ -125,7 +160,8 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "log_max_line": _bytes_option("--log-max-line", args.log_max_line),
             "log_path": args.log_path,
             "log_size_max": _bytes_option("--log-size-max", args.log_size_max),
-            "log_rate_limit": args.log_rate_limit}
+            "log_rate_limit": args.log_rate_limit,
+            "interactive": args.interactive, "tty": args.tty}
 
 
 def _bytes_option(option: str, value: str) -> int:
@@ -147,7 +183,13 @@ def _exit_code(status: dict[str, Any]) -> int:
     return int(code) if code is not None else EXIT_RUNTIME
 
 
-async def _print_logs(m: Any, name: str, args: argparse.Namespace) -> None:
+_FOLLOW = argparse.Namespace(follow=True, since=None, tail=None, stream=None,
+                             timestamps=False, json=False)
+
+
+async def _print_logs(m: Any, name: str, args: argparse.Namespace,
+                      exec_dir: Path | None = None) -> None:
+    """The container's output (with exec_dir, that exec's) from the journal."""
     from sdshim.units import logs
 
     status = await m.status(name)
@@ -157,10 +199,16 @@ async def _print_logs(m: Any, name: str, args: argparse.Namespace) -> None:
         raise UsageError(f"invalid --tail {args.tail}: give a number of lines, 0 or more")
 
     async def ended() -> bool:
+        if exec_dir is not None:
+            return (exec_dir / "exit.json").exists()
         return bool((await m.status(name))["state"] == "exited")
 
-    reader = logs.Reader(logs.matches(status, args.stream), stream=args.stream,
-                         since=args.since)
+    if exec_dir is not None:
+        match = logs.exec_matches(exec_dir.name.removeprefix("exec-"))
+    else:
+        match = logs.matches(status, args.stream)
+    reader = logs.Reader(match, stream=args.stream, since=args.since,
+                         execs=exec_dir is not None)
     async with contextlib.aclosing(reader.lines(follow=args.follow, tail=args.tail,
                                                 ended=ended)) as batches:
         async for batch in batches:
@@ -191,19 +239,25 @@ async def run_command(args: argparse.Namespace) -> int:
         cmd = args.command
         if cmd in ("create", "run"):
             kwargs = _create_kwargs(args)
+            attached = cmd == "run" and not args.detach
+            if attached and args.tty:
+                return await _run_terminal(m, args, kwargs)
             name = await m.create(args.bundle, start=cmd == "run", **kwargs)
-            if cmd == "create" or args.detach:
+            if not attached:
                 print(name)
                 return 0
-            _proxy_signals(m, name)
+            _proxy_signals(lambda signum: m.kill(name, signum))
             try:
-                await _print_logs(m, name, argparse.Namespace(
-                    follow=True, since=None, tail=None, stream=None, timestamps=False,
-                    json=False))
+                with _feeding(args, records.container_dir(name), f"container {name}"):
+                    await _print_logs(m, name, _FOLLOW)
                 return _exit_code(await m.wait(name))
             finally:
                 if args.rm:
                     await m.delete(name, force=True)
+        if cmd == "attach":
+            return await _attach(m, args)
+        if cmd == "exec":
+            return await _exec(m, args)
         if cmd == "start":
             await m.start(args.name)
             return 0
@@ -248,6 +302,113 @@ async def run_command(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {cmd}")
 
 
+def _feeding(args: argparse.Namespace, directory: Path,
+             what: str) -> contextlib.AbstractContextManager[None]:
+    """Pipe mode, attached: stdin goes through the attach socket, output comes from the
+    journal (which has all of it, however early it came)."""
+    from sdshim.units import attach
+
+    if not args.interactive:
+        return contextlib.nullcontext()
+    return attach.feed_stdin(directory, what)
+
+
+def _check_stdio(args: argparse.Namespace) -> None:
+    parse_detach_keys(args.detach_keys)
+    if args.tty and args.interactive and not sys.stdin.isatty():
+        raise UsageError("the input is not a terminal: -t with -i needs one; "
+                         "drop -t to pipe input")
+
+
+async def _run_terminal(m: Any, args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """run -t: create, attach, then start, so that not a byte of output is lost."""
+    from sdshim.units import attach
+
+    _check_stdio(args)
+    name = await m.create(args.bundle, start=False, **kwargs)
+    what = f"container {name}"
+    detached = False
+    try:
+        outcome = await attach.session(
+            records.container_dir(name), what, tty=True, stdin=args.interactive,
+            detach_keys=args.detach_keys, start=lambda: m.start(name))
+        detached = outcome.how == "detached"
+        return await _after_session(m, name, what, outcome)
+    finally:
+        if args.rm and not detached:
+            await m.delete(name, force=True)
+
+
+async def _attach(m: Any, args: argparse.Namespace) -> int:
+    from sdshim.units import attach
+
+    parse_detach_keys(args.detach_keys)
+    status = await m.status(args.name)
+    if status["state"] not in ("created", "running"):
+        raise ContainerStateError(f"container {args.name} is {status['state']}; there is "
+                                  f"nothing to attach to (see `sdshim logs {args.name}`)")
+    what = f"container {args.name}"
+    outcome = await attach.session(
+        records.container_dir(args.name), what, tty=status["tty"],
+        stdin=status["stdin"] and not args.no_stdin, detach_keys=args.detach_keys)
+    return await _after_session(m, args.name, what, outcome)
+
+
+async def _after_session(m: Any, name: str, what: str, outcome: Any,
+                         exec_dir: Path | None = None) -> int:
+    """The exit code after an attach session; detaching or a dropped connection is said."""
+    if outcome.how == "exited":
+        return _exit_code(outcome.result)
+    if outcome.how == "detached":
+        again = f"sdshim attach {name}" if exec_dir is None else "its output is in the journal"
+        print(f"\r\nsdshim: detached from {what}, which keeps running ({again})",
+              file=sys.stderr)
+        return 0
+    # The monitor closed the connection without an exit record: it dropped us (we
+    # fell behind its output) or it died.
+    record = records.read_json((exec_dir or records.container_dir(name)) / "exit.json")
+    if record is None and exec_dir is None and (await m.status(name))["state"] == "exited":
+        record = await m.status(name)
+    if record is not None:
+        return _exit_code(record)
+    raise ContainerStateError(f"{what}: the attach connection was dropped (output came "
+                              "faster than it was read); the process keeps running")
+
+
+async def _exec(m: Any, args: argparse.Namespace) -> int:
+    from sdshim.units import attach, execs
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise UsageError("exec needs a command: sdshim exec NAME -- CMD [ARGS...]")
+    _check_stdio(args)
+    options = {"interactive": args.interactive, "tty": args.tty, "timeout": args.timeout,
+               "env": args.env, "cwd": args.workdir}
+    ex = await execs.create(m, args.name, command, start=not args.tty, **options)
+    keep = False
+    try:
+        if args.tty:
+            outcome = await attach.session(
+                ex.dir, ex.what, tty=True, stdin=args.interactive,
+                detach_keys=args.detach_keys, start=lambda: execs.start(ex))
+            keep = outcome.how != "exited"
+            code = await _after_session(m, args.name, ex.what, outcome, ex.dir)
+            record = outcome.result
+        else:
+            _proxy_signals(lambda signum: execs.kill(ex, signum))
+            with _feeding(args, ex.dir, ex.what):
+                await _print_logs(m, args.name, _FOLLOW, ex.dir)
+            record = await execs.wait(m, ex)
+            code = _exit_code(record)
+    finally:
+        if not keep:
+            execs.remove(ex)
+    if record.get("timed_out"):
+        print(f"sdshim: {ex.what} timed out after {record.get('timeout')}s and was killed",
+              file=sys.stderr)
+    return code
+
+
 def _print_status(s: dict[str, Any]) -> None:
     rows = [("Name", s["name"]), ("ID", s["id"]), ("Unit", s["unit"]), ("State", s["state"]),
             ("PID", s["pid"]), ("Exit code", s["exit_code"]), ("Signal", s["signal"]),
@@ -279,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except Interrupted as e:
+        return 128 + e.signum
     except BrokenPipeError:
         return 0
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from sdshim import spawn
 
-FIELDS = ("MESSAGE", "PRIORITY", "CONTAINER_PARTIAL_MESSAGE", "_LINE_BREAK", "SDSHIM_EVENT")
+FIELDS = ("MESSAGE", "PRIORITY", "CONTAINER_PARTIAL_MESSAGE", "_LINE_BREAK", "SDSHIM_EVENT",
+          "SDSHIM_EXEC_ID")
 READ_SIZE = 1 << 16
 # How long `logs -f` waits for output before it asks whether the container has ended
 # (only needed when the monitor died without writing its exit event).
@@ -158,6 +159,11 @@ def matches(status: dict[str, Any], stream: str | None = None) -> list[str]:
     return [f"CONTAINER_ID_FULL={cid}", *only, *events]
 
 
+def exec_matches(exec_id: str) -> list[str]:
+    """journalctl matches for one exec's output and sdshim's events about it."""
+    return [f"SDSHIM_EXEC_ID={exec_id}"]
+
+
 def journalctl_argv(match: Iterable[str], *, follow: bool = False, since: str | None = None,
                     lines: int | None = None, after_cursor: str | None = None) -> list[str]:
     argv = ["journalctl", "--no-pager", "--quiet", "--all", "-o", "export",
@@ -213,8 +219,11 @@ class Reader:
     of one stream, and following new ones until the container exits."""
 
     def __init__(self, match: list[str], *, stream: str | None = None,
-                 since: str | None = None) -> None:
+                 since: str | None = None, execs: bool = False) -> None:
+        """execs: match is an exec's (exec_matches). Otherwise the output of execs,
+        which carries the container's fields too, is left out (as `docker logs` does)."""
         self.match = match
+        self.execs = execs
         self.stream = stream
         self.since = since
         self.joiner = Reassembler()
@@ -230,6 +239,8 @@ class Reader:
         lines = []
         add = self.joiner.add
         for entry in batch:
+            if not self.execs and b"SDSHIM_EXEC_ID" in entry:
+                continue
             line = add(entry)
             if line is None:
                 continue

@@ -105,8 +105,8 @@ class Manager:
         options: properties (from spec.parse_properties), stop_timeout, stop_signal
         (default: the bundle's annotation org.opencontainers.image.stopSignal, else
         SIGTERM), tag, log_max_line, log_driver, log_path, log_size_max,
-        log_rate_limit, restart (no, on-failure, always), restart_delay (see
-        spec.ContainerSpec).
+        log_rate_limit, restart (no, on-failure, always), restart_delay, interactive
+        (keep stdin open), tty (give it a terminal) (see spec.ContainerSpec).
         """
         name = naming.validate_name(name) if name else naming.generate_name()
         bundle, config = check_bundle(bundle)
@@ -126,63 +126,31 @@ class Manager:
                 raise ContainerExistsError(f"container {name} already exists") from None
             raise SystemdError(f"systemd refused to start {spec.unit}: {e}") from None
         if result != "done":
-            raise await self._start_error(name, result)
+            raise await self.start_error(records.container_dir(name), spec.unit,
+                                         f"container {name}", result)
         return name
 
-    async def _start_error(self, name: str, result: str) -> CreateError:
-        exit_record = records.read_json(records.container_dir(name) / "exit.json")
+    async def start_error(self, directory: Path, unit: str, what: str,
+                          result: str) -> CreateError:
+        """Why the monitor of unit did not get ready: its exit record, or systemd's word."""
+        exit_record = records.read_json(directory / "exit.json")
         if exit_record and exit_record.get("error"):
             return CreateError(str(exit_record["error"]),
                                int(exit_record.get("exit_code") or 125))
-        props = await self.systemd.service_state(naming.unit_name(name)) or {}
+        props = await self.systemd.service_state(unit) or {}
         detail = props.get("StatusText") or f"job {result}, result {props.get('Result')}"
-        return CreateError(f"container {name} failed to start: {detail}; "
-                           f"see `journalctl -u {naming.unit_name(name)}`")
+        return CreateError(f"{what} failed to start: {detail}; see `journalctl -u {unit}`")
 
     async def start(self, name: str) -> None:
         status = await self.status(name)
         if status["state"] != "created":
             raise ContainerStateError(f"container {name} is {status['state']}, not created; "
                                       "only a created container can be started")
-        reply = await self.control(name, {"op": "start"})
-        if not reply.get("ok"):
-            exit_record = await self._wait_exit_record(name, 2.0)
-            code = int(exit_record.get("exit_code") or 125) if exit_record else 125
-            raise CreateError(str(reply.get("error") or "start failed"), code)
-
-    async def _wait_exit_record(self, name: str, timeout: float) -> dict[str, Any] | None:
-        path = records.container_dir(name) / "exit.json"
-        for _ in range(int(timeout / 0.02)):
-            record = records.read_json(path)
-            if record:
-                return record
-            await asyncio.sleep(0.02)
-        return None
+        await start_monitored(records.container_dir(name), f"container {name}")
 
     async def control(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the container's monitor over its control socket."""
-        path = records.container_dir(name) / "control"
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path)), CONTROL_TIMEOUT)
-        except (OSError, TimeoutError):
-            raise ContainerStateError(
-                f"container {name} has no running monitor (no control socket at {path})"
-            ) from None
-        try:
-            writer.write(json.dumps(request).encode())
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
-        except (OSError, TimeoutError) as e:
-            raise ContainerStateError(f"container {name}: monitor did not answer: {e}") from None
-        finally:
-            writer.close()
-        try:
-            reply: dict[str, Any] = json.loads(line)
-        except ValueError:
-            raise ContainerStateError(f"container {name}: monitor closed the control "
-                                      "connection without an answer") from None
-        return reply
+        return await control_request(records.container_dir(name), request, f"container {name}")
 
     # --- state ---------------------------------------------------------------------
 
@@ -211,6 +179,7 @@ class Manager:
             "restarts": (exit_record or state).get("restarts", 0),
             "log_driver": state.get("log_driver"),
             "invocation_ids": state.get("invocation_ids", []),
+            "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
             "unit_state": None, "status_text": None,
         }
         if props is not None:
@@ -400,6 +369,52 @@ def _monitor_args(props: dict[str, Any] | None) -> dict[str, Any]:
         with contextlib.suppress(ValueError, IndexError):
             found[key] = str(argv[argv.index(f"--{key}") + 1])
     return found
+
+
+async def start_monitored(directory: Path, what: str) -> None:
+    """Ask the monitor whose records are in directory to start its process."""
+    reply = await control_request(directory, {"op": "start"}, what)
+    if not reply.get("ok"):
+        # The exit record has the message cleaned up and classified.
+        exit_record = await wait_exit_record(directory, 2.0) or {}
+        raise CreateError(str(exit_record.get("error") or reply.get("error") or "start failed"),
+                          int(exit_record.get("exit_code") or 125))
+
+
+async def wait_exit_record(directory: Path, timeout: float) -> dict[str, Any] | None:
+    path = directory / "exit.json"
+    for _ in range(int(timeout / 0.02)):
+        record = records.read_json(path)
+        if record:
+            return record
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def control_request(directory: Path, request: dict[str, Any],
+                          what: str) -> dict[str, Any]:
+    """One request to the monitor whose records are in directory, over its control socket."""
+    path = directory / "control"
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path)), CONTROL_TIMEOUT)
+    except (OSError, TimeoutError):
+        raise ContainerStateError(
+            f"{what} has no running monitor (no control socket at {path})") from None
+    try:
+        writer.write(json.dumps(request).encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
+    except (OSError, TimeoutError) as e:
+        raise ContainerStateError(f"{what}: monitor did not answer: {e}") from None
+    finally:
+        writer.close()
+    try:
+        reply: dict[str, Any] = json.loads(line)
+    except ValueError:
+        raise ContainerStateError(f"{what}: monitor closed the control "
+                                  "connection without an answer") from None
+    return reply
 
 
 def _unit_ended(props: dict[str, Any] | None) -> bool:

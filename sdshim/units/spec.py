@@ -48,6 +48,8 @@ class ContainerSpec:
     log_rate_limit: str = ""  # "BURST/INTERVAL", e.g. 10000/30s; "": no limit
     restart: str = "no"
     restart_delay: float = DEFAULT_RESTART_DELAY
+    interactive: bool = False
+    tty: bool = False
     properties: list[tuple[str, Variant]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,6 +73,9 @@ class ContainerSpec:
             raise UsageError("--log-size-max needs --log-path FILE")
         if self.log_rate_limit:
             parse_rate_limit(self.log_rate_limit)
+        if self.tty and self.log_driver == "stream":
+            raise UsageError("--log-driver stream does not go with -t: a terminal's output "
+                             "passes through the monitor; drop one of them")
 
     @property
     def unit(self) -> str:
@@ -94,30 +99,19 @@ class ContainerSpec:
             argv += ["--log-path", self.log_path]
         if self.log_size_max:
             argv += ["--log-size-max", str(self.log_size_max)]
-        return argv
+        return argv + stdio_flags(self.interactive, self.tty)
 
     def unit_properties(self) -> list[tuple[str, Variant]]:
-        argv = self.monitor_argv()
         burst, interval = (parse_rate_limit(self.log_rate_limit) if self.log_rate_limit
                            else (LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC))
-        props = [
-            ("Description", Variant("s", f"sdshim container {self.name} ({self.bundle})")),
-            ("Slice", Variant("s", naming.SLICE)),
-            ("Type", Variant("s", "notify")),
-            ("NotifyAccess", Variant("s", "main")),
+        props = monitor_properties(
+            f"sdshim container {self.name} ({self.bundle})", self.monitor_argv(),
+            self.stop_timeout, self.name, burst, interval)
+        props += [
             # Keeps the unit (and its results) after a clean exit. Not with
             # Restart=always: a unit that "remains" after a clean exit is not restarted.
             ("RemainAfterExit", Variant("b", self.restart != "always")),
             ("Delegate", Variant("b", True)),
-            # SIGTERM goes to the monitor only, which stops the container its own way;
-            # whatever is left after the timeout is SIGKILLed by systemd.
-            ("KillMode", Variant("s", "mixed")),
-            ("TimeoutStopUSec", Variant("t", int((self.stop_timeout + STOP_MARGIN_SEC) * USEC))),
-            ("SyslogIdentifier", Variant("s", "sdshim")),
-            ("LogRateLimitIntervalUSec", Variant("t", interval)),
-            ("LogRateLimitBurst", Variant("u", burst)),
-            ("Environment", Variant("as", [f"SDSHIM_CONTAINER={self.name}"])),
-            ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
         ]
         return props + self.restart_properties() + self.properties
 
@@ -133,6 +127,31 @@ class ContainerSpec:
             # ... but do not retry one that cannot be created, or one stopped on request.
             ("RestartPreventExitStatus", Variant("(aiai)", ([EXIT_NO_RESTART], []))),
         ]
+
+
+def stdio_flags(interactive: bool, tty: bool) -> list[str]:
+    return (["--interactive"] if interactive else []) + (["--tty"] if tty else [])
+
+
+def monitor_properties(description: str, argv: list[str], stop_timeout: float,
+                       container: str, burst: int = LOG_RATE_BURST_UNLIMITED,
+                       interval: int = LOG_RATE_INTERVAL_USEC) -> list[tuple[str, Variant]]:
+    """What every unit whose main process is an sdshim monitor has."""
+    return [
+        ("Description", Variant("s", description)),
+        ("Slice", Variant("s", naming.SLICE)),
+        ("Type", Variant("s", "notify")),
+        ("NotifyAccess", Variant("s", "main")),
+        # SIGTERM goes to the monitor only, which stops the container its own way;
+        # whatever is left after the timeout is SIGKILLed by systemd.
+        ("KillMode", Variant("s", "mixed")),
+        ("TimeoutStopUSec", Variant("t", int((stop_timeout + STOP_MARGIN_SEC) * USEC))),
+        ("SyslogIdentifier", Variant("s", "sdshim")),
+        ("LogRateLimitIntervalUSec", Variant("t", interval)),
+        ("LogRateLimitBurst", Variant("u", burst)),
+        ("Environment", Variant("as", [f"SDSHIM_CONTAINER={container}"])),
+        ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
+    ]
 
 
 def monitor_command() -> list[str]:

@@ -1,0 +1,130 @@
+"""What `-i` and `-t` add to a monitor: the attach socket, the container's stdin, its terminal.
+
+Every monitor serves the attach socket (watching output needs no option); `-i` keeps
+the container's stdin open for attach clients; `-t` asks the runtime for a pty and
+takes its master through the console socket. The monitor's own loop still reads the
+output (the pipes, or the master as one more stream) and hands each chunk to output().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from sdshim.shim.attach import AttachServer
+from sdshim.shim.console import DEFAULT_SIZE, ConsoleSocket, set_size
+from sdshim.shim.stdin import Stdin
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+# How long the end of the container waits for attach clients to take its last output.
+FLUSH_TIMEOUT = 2.0
+ATTACH_SOCKET = "attach"
+CONSOLE_SOCKET = "console"
+
+
+class Stdio:
+    def __init__(self, sel: selectors.BaseSelector, directory: Path, *, tty: bool,
+                 stdin: bool, on_terminal: Callable[[int], None]) -> None:
+        self.sel = sel
+        self.dir = directory
+        self.tty = tty
+        self.want_stdin = stdin
+        self.on_terminal = on_terminal  # the monitor reads the master as an output stream
+        self.size = DEFAULT_SIZE
+        self.master = -1  # our own duplicate of the pty master, for resizes
+        self.stdin: Stdin | None = None
+        self.attach: AttachServer | None = None
+        self.console: ConsoleSocket | None = None
+        self._stdin_r = -1
+
+    def listen(self) -> None:
+        sel = self.sel
+        self.attach = AttachServer(sel, self.dir / ATTACH_SOCKET, on_input=self._input,
+                                   on_resize=self.resize, on_eof=self._eof,
+                                   input_full=self._input_full)
+        if self.tty:
+            self.console = ConsoleSocket(sel, self.dir / CONSOLE_SOCKET, self._on_master)
+
+    # --- around the runtime command that makes the process -----------------------------
+
+    def runtime_args(self) -> list[str]:
+        return ["--console-socket", str(self.dir / CONSOLE_SOCKET)] if self.tty else []
+
+    def runtime_stdin(self) -> int:
+        """The stdin to give the runtime (the container inherits it in pipe mode)."""
+        if not self.want_stdin or self.tty:
+            return subprocess.DEVNULL
+        self._stdin_r, write_end = os.pipe2(os.O_CLOEXEC)
+        self.stdin = Stdin(self.sel, write_end, close_on_eof=True, on_drain=self._drained)
+        return self._stdin_r
+
+    def after_spawn(self) -> None:
+        if self._stdin_r >= 0:
+            os.close(self._stdin_r)
+            self._stdin_r = -1
+
+    def terminal_ready(self) -> bool:
+        return not self.tty or self.master >= 0
+
+    def _on_master(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.master = os.dup(fd)
+        with contextlib.suppress(OSError):
+            set_size(fd, *self.size)
+        if self.want_stdin:
+            self.stdin = Stdin(self.sel, os.dup(fd), close_on_eof=False,
+                               on_drain=self._drained)
+        self.on_terminal(fd)
+
+    # --- attach clients ------------------------------------------------------------------
+
+    def _input(self, data: bytes) -> None:
+        if self.stdin is not None:
+            self.stdin.write(data)
+
+    def _eof(self) -> None:
+        if self.stdin is not None:
+            self.stdin.end()
+
+    def _input_full(self) -> bool:
+        return self.stdin is not None and self.stdin.full
+
+    def _drained(self) -> None:
+        if self.attach is not None:
+            self.attach.resume_input()
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.size = (rows, cols)
+        if self.master >= 0:
+            with contextlib.suppress(OSError):  # the terminal is gone with the container
+                set_size(self.master, rows, cols)
+
+    def output(self, kind: int, data: bytes) -> None:
+        if self.attach is not None:
+            self.attach.broadcast(kind, data)
+
+    # --- the end -------------------------------------------------------------------------
+
+    def finish(self, result: dict[str, Any],
+               serve: Callable[[Callable[[], bool], float], object]) -> None:
+        """Send clients the exit record after the last output, for a bounded time."""
+        if self.attach is not None:
+            self.attach.finish(result)
+            serve(self.attach.flushed, FLUSH_TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        for part in (self.attach, self.console, self.stdin):
+            if part is not None:
+                part.close()
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+        self.after_spawn()
