@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import Bed, foreign_bundle
 from tests.test_container import one_line_error, status
+from tests.test_lifecycle import poll
 
 SDSHIM = [sys.executable, "-m", "sdshim"]
 
@@ -127,16 +128,6 @@ def assert_size(t: Terminal, size: bytes) -> None:
 
 def journal_messages(bed: Bed, *matches: str) -> list[str]:
     return [e["MESSAGE"] for e in bed.journal(*matches) if isinstance(e.get("MESSAGE"), str)]
-
-
-def wait_for(predicate: Any, timeout: float = 15, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.05)
 
 
 # --- stdin ------------------------------------------------------------------------------
@@ -268,7 +259,7 @@ def test_attach_detach_and_several_sessions(bed: Bed, name: str, make_bundle: An
     # A watcher without a terminal and without input.
     watcher = bed.popen([*SDSHIM, "attach", "--no-stdin", name], stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: attach_clients(bed, name) == 3, what="3 attach clients")
+    poll("3 attach clients", lambda: attach_clients(bed, name) == 3)
     a.send(b"echo from-$((20+1))\r")
     a.expect(rb"from-21")
     b.expect(rb"from-21")
@@ -281,7 +272,7 @@ def test_attach_detach_and_several_sessions(bed: Bed, name: str, make_bundle: An
     assert a.restored()
     assert status(bed, name)["state"] == "running"
     c = terminals(bed, "attach", name)
-    wait_for(lambda: attach_clients(bed, name) == 2, what="c attached")
+    poll("c attached", lambda: attach_clients(bed, name) == 2)
     c.send(b"exit 5\r")
     assert c.wait() == 5
     out_w, err_w = watcher.communicate(timeout=30)
@@ -323,8 +314,8 @@ def test_slow_client_misses_output_but_not_its_session(bed: Bed, name: str,
     gone.close()
     slow.send(b"\x00go\n")  # a STDIN frame; then it reads nothing for a while
     # The container is not held back: all its output reaches the journal meanwhile.
-    wait_for(lambda: bed.sdshim("logs", "--tail", "1", name).stdout.endswith(b"end\n"),
-             what="the whole flood in the journal")
+    poll("the whole flood in the journal",
+         lambda: bed.sdshim("logs", "--tail", "1", name).stdout.endswith(b"end\n"))
     slow.send(b"\x00x\n")
     frames = read_frames(slow, until=6)
     assert frames[-1][0] == 6 and json.loads(frames[-1][1:])["exit_code"] == 6
@@ -341,10 +332,10 @@ def test_stalled_client_is_dropped(bed: Bed, name: str, make_bundle: Any) -> Non
     stalled = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stalled.connect(str(bed.path(f"/run/sdshim/{name}/attach")))
     stalled.send(b"\x00go\n")
-    wait_for(lambda: attach_clients(bed, name) == 0, timeout=60, what="the stalled client dropped")
+    poll("the stalled client dropped", lambda: attach_clients(bed, name) == 0, timeout=60)
     lines = len(bed.sdshim("logs", name).stdout.splitlines())
-    wait_for(lambda: len(bed.sdshim("logs", name).stdout.splitlines()) > lines,
-             what="output going on after the drop")
+    poll("output going on after the drop",
+         lambda: len(bed.sdshim("logs", name).stdout.splitlines()) > lines)
     assert status(bed, name)["state"] == "running"
     frames = read_frames(stalled, until=6)
     assert frames and frames[-1][0] != 6  # cut off: no exit record
@@ -367,7 +358,7 @@ def test_attach_and_resize_for_a_container_from_another_process(
     )
     assert bed.run([sys.executable, "-c", script]).returncode == 0
     t = terminals(bed, "attach", name, rows=33, cols=111)
-    wait_for(lambda: attach_clients(bed, name) == 1, what="attached")
+    poll("attached", lambda: attach_clients(bed, name) == 1)
     t.send(b"stty size\r")
     t.expect(rb"\r\n33 111\r\n")  # attach gave the terminal its size
     t.set_size(40, 120)
