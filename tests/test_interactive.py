@@ -445,6 +445,13 @@ def test_exec_errors(bed: Bed, running: str, args: list[str], code: int,
     assert not list(bed.path(f"/run/sdshim/{running}").glob("exec-*"))
 
 
+def test_tty_refuses_the_stream_log_driver(bed: Bed, name: str, make_bundle: Any) -> None:
+    out = bed.sdshim("run", "-t", "--log-driver", "stream", "--name", name,
+                     str(make_bundle("true")))
+    assert out.returncode == 2 and "does not go with -t" in one_line_error(out)
+    assert not bed.path(f"/run/sdshim/{name}").exists()
+
+
 def test_exec_needs_a_running_container(bed: Bed, name: str, make_bundle: Any) -> None:
     assert bed.sdshim("run", "--name", name, str(make_bundle("true"))).returncode == 0
     out = bed.sdshim("exec", name, "--", "true")
