@@ -364,15 +364,16 @@ async def _after_session(m: Any, name: str, what: str, outcome: Any,
         print(f"\r\nsdshim: detached from {what}, which keeps running ({again})",
               file=sys.stderr)
         return 0
-    # The monitor closed the connection without an exit record: it dropped us (we
-    # fell behind its output) or it died.
+    # The monitor closed the connection without an exit record: it dropped us (we took
+    # no output for a while) or it died.
     record = records.read_json((exec_dir or records.container_dir(name)) / "exit.json")
-    if record is None and exec_dir is None and (await m.status(name))["state"] == "exited":
-        record = await m.status(name)
+    if record is None and exec_dir is None:
+        status = await m.status(name)
+        record = status if status["state"] == "exited" else None
     if record is not None:
         return _exit_code(record)
-    raise ContainerStateError(f"{what}: the attach connection was dropped (output came "
-                              "faster than it was read); the process keeps running")
+    raise ContainerStateError(f"{what}: the attach connection was dropped (this side took "
+                              "no output for too long); the process keeps running")
 
 
 async def _exec(m: Any, args: argparse.Namespace) -> int:
