@@ -505,7 +505,7 @@ def test_restart_always_and_stop(bed: Bed, name: str, make_bundle: Any) -> None:
                       "--restart-delay", "0.1", str(bundle)).returncode == 0
     poll("two restarts", lambda: status(bed, name)["restarts"] >= 2, timeout=30)
     # Between runs, never a final "exited" while systemd is about to restart it.
-    assert status(bed, name)["state"] in ("creating", "running", "exiting", "restarting")
+    assert status(bed, name)["state"] in ("creating", "created", "running", "exiting", "restarting")
     out = bed.sdshim("stop", "--time", "5", name)
     assert out.returncode == 0, out.stderr
     s = status(bed, name)
