@@ -14,7 +14,7 @@ from sdshim import bundle, spawn, testbed
 
 SCRIPT = ("echo 'hello from a container under systemd'; echo 'a line on stderr' >&2; "
           "i=1; while [ $i -le 3 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; "
-          "exec sleep 1000")
+          "trap 'echo stopping; exit 0' TERM; while :; do sleep 0.2; done")
 NAME = "demo"
 
 
