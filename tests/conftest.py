@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,30 @@ def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
     rootfs.unlink()
     rootfs.symlink_to(foreign)
     return bundle
+
+
+def slow_runtime(bed: Bed, seconds: float, verb: str = "create") -> Path:
+    """A runtime wrapper whose `verb` takes `seconds` longer (a window for faults)."""
+    path = bed.scratch / f"slow-{verb}-{seconds}"
+    # $7: the verb, after --root R --log L --log-format json (see shim/runtime.py).
+    path.write_text(f"#!/bin/sh\nif [ \"$7\" = {verb} ]; then sleep {seconds}; fi\n"
+                    "exec runc \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def run_while_creating(bed: Bed, name: str, bundle: Path,
+                       seconds: float) -> subprocess.Popen[bytes]:
+    """`sdshim run -d` with a runtime whose create takes `seconds`; returns once the
+    monitor is set up (its state record exists) and the runtime is still creating."""
+    proc = bed.popen([sys.executable, "-m", "sdshim", "run", "-d", "--runtime",
+                      str(slow_runtime(bed, seconds)), "--name", name, str(bundle)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while not bed.path(f"/run/sdshim/{name}/state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "monitor never set up"
+        time.sleep(0.01)
+    return proc
 
 
 def assert_clean(bed: Bed, name: str, cid: str | None = None) -> None:

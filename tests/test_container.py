@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Bed, assert_clean, foreign_bundle
+from tests.conftest import Bed, assert_clean, foreign_bundle, run_while_creating
 
 
 def status(bed: Bed, name: str) -> dict[str, Any]:
@@ -166,9 +166,6 @@ def test_signals_reach_the_container(bed: Bed, name: str, make_bundle: Any) -> N
 
 def test_signal_during_create_is_delivered_once_running(bed: Bed, name: str,
                                                         make_bundle: Any) -> None:
-    slow = bed.scratch / "slow-runtime"
-    slow.write_text("#!/bin/sh\nif [ \"$7\" = create ]; then sleep 1; fi\nexec runc \"$@\"\n")
-    slow.chmod(0o755)
     # No pid namespace: as a namespace's PID 1 the command would ignore a SIGTERM that
     # arrives before it sets a handler; as an ordinary process it dies of it.
     bundle = make_bundle("sleep", "1000")
@@ -176,13 +173,8 @@ def test_signal_during_create_is_delivered_once_running(bed: Bed, name: str,
     config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"]
                                      if ns["type"] != "pid"]
     (bundle / "config.json").write_text(json.dumps(config))
-    proc = bed.popen([*_sdshim(), "run", "-d", "--runtime", str(slow), "--name", name,
-                      str(bundle)])
+    proc = run_while_creating(bed, name, bundle, 1)
     unit = f"sdshim-{name}.service"
-    deadline = time.monotonic() + 10
-    while not bed.path(f"/run/sdshim/{name}/state.json").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
     # The runtime is still creating: the monitor must keep the signal for later.
     assert bed.run(["systemctl", "kill", "--kill-whom=main", "-s", "TERM", unit]).returncode == 0
     proc.wait(timeout=30)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PREFIX, Bed, assert_clean
+from tests.conftest import PREFIX, Bed, assert_clean, run_while_creating, slow_runtime
 from tests.test_container import one_line_error, status, wait_state
 
 SDSHIM = [sys.executable, "-m", "sdshim"]
@@ -94,16 +94,6 @@ def with_bind(bundle: Path, source: Path, target: str) -> Path:
                              "options": ["rbind", "rw"]})
     (bundle / "config.json").write_text(json.dumps(config))
     return bundle
-
-
-def slow_runtime(bed: Bed, seconds: float, verb: str = "create") -> Path:
-    """A runtime wrapper whose `verb` takes `seconds` longer (a window for faults)."""
-    path = bed.scratch / f"slow-{verb}-{seconds}"
-    # $7: the verb, after --root R --log L --log-format json (see shim/runtime.py).
-    path.write_text(f"#!/bin/sh\nif [ \"$7\" = {verb} ]; then sleep {seconds}; fi\n"
-                    "exec runc \"$@\"\n")
-    path.chmod(0o755)
-    return path
 
 
 def monitor_pid(bed: Bed, name: str) -> int:
@@ -334,12 +324,7 @@ def test_oom_kill_is_reported(bed: Bed, name: str, make_bundle: Any) -> None:
 
 
 def test_monitor_killed_during_create(bed: Bed, name: str, make_bundle: Any) -> None:
-    runtime = slow_runtime(bed, 1.5)
-    proc = bed.popen([*SDSHIM, "run", "-d", "--runtime", str(runtime), "--name", name,
-                      str(make_bundle("sleep", "1000"))],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    poll("the monitor's state record",
-         lambda: bed.path(f"/run/sdshim/{name}/state.json").exists())
+    proc = run_while_creating(bed, name, make_bundle("sleep", "1000"), 1.5)
     kill_in_bed(bed, monitor_pid(bed, name))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 125, err
@@ -459,12 +444,7 @@ def test_daemon_reload_and_reexec_change_nothing(bed: Bed, name: str,
 
 
 def test_daemon_reload_during_start(bed: Bed, name: str, make_bundle: Any) -> None:
-    runtime = slow_runtime(bed, 1)
-    proc = bed.popen([*SDSHIM, "run", "-d", "--runtime", str(runtime), "--name", name,
-                      str(make_bundle("sleep", "1000"))],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    poll("the monitor's state record",
-         lambda: bed.path(f"/run/sdshim/{name}/state.json").exists())
+    proc = run_while_creating(bed, name, make_bundle("sleep", "1000"), 1)
     assert bed.run(["systemctl", "daemon-reload"]).returncode == 0
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
