@@ -29,6 +29,7 @@ from sdshim import bundle as bundles
 from sdshim import testbed
 
 REPO = Path(__file__).resolve().parent.parent
+SDSHIM = [sys.executable, "-m", "sdshim"]  # the CLI, as the tests run it
 PREFIX = "sdt-"  # every container a test makes; cleanup touches only these
 
 
@@ -60,7 +61,7 @@ class Bed:
 
     def sdshim(self, *args: str, input: bytes | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-        return self.run([sys.executable, "-m", "sdshim", *args], input=input, timeout=timeout)
+        return self.run([*SDSHIM, *args], input=input, timeout=timeout)
 
     def path(self, path: str) -> Path:
         """A path inside the bed, readable from the test process."""
@@ -179,7 +180,7 @@ def run_while_creating(bed: Bed, name: str, bundle: Path,
                        seconds: float) -> subprocess.Popen[bytes]:
     """`sdshim run -d` with a runtime whose create takes `seconds`; returns once the
     monitor is set up (its state record exists) and the runtime is still creating."""
-    proc = bed.popen([sys.executable, "-m", "sdshim", "run", "-d", "--runtime",
+    proc = bed.popen([*SDSHIM, "run", "-d", "--runtime",
                       str(slow_runtime(bed, seconds)), "--name", name, str(bundle)],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 15

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Bed, assert_clean, foreign_bundle, run_while_creating
+from tests.conftest import SDSHIM, Bed, assert_clean, foreign_bundle, run_while_creating
 
 
 def status(bed: Bed, name: str) -> dict[str, Any]:
@@ -352,12 +352,6 @@ def test_logs_follow_until_exit(bed: Bed, name: str, make_bundle: Any) -> None:
     assert out.stdout == b"one\nthree\n" and out.stderr == b"two\n"
 
 
-def _sdshim() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "sdshim"]
-
-
 def test_attached_run_forwards_signals_to_the_container(bed: Bed, name: str,
                                                         make_bundle: Any) -> None:
     import signal
@@ -365,7 +359,7 @@ def test_attached_run_forwards_signals_to_the_container(bed: Bed, name: str,
 
     bundle = make_bundle("sh", "-c", "trap 'echo got-int; exit 5' INT; echo up; "
                                      "while :; do sleep 0.05; done")
-    proc = bed.popen([*_sdshim(), "run", "--name", name, str(bundle)],
+    proc = bed.popen([*SDSHIM, "run", "--name", name, str(bundle)],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"up\n"

@@ -24,11 +24,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Bed, foreign_bundle
+from tests.conftest import SDSHIM, Bed, foreign_bundle
 from tests.test_container import one_line_error, status
 from tests.test_lifecycle import poll
-
-SDSHIM = [sys.executable, "-m", "sdshim"]
 
 
 class Terminal:

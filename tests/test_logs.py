@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sdshim.units.logs import Entry, parse_export
-from tests.conftest import Bed, assert_clean
+from tests.conftest import SDSHIM, Bed, assert_clean
 from tests.test_container import one_line_error, status
 
 MAX_LINE = 256 * 1024  # the monitor's default --log-max-line
@@ -237,7 +237,7 @@ def test_logs_options_same_for_running_and_exited(bed: Bed, name: str,
     while logs(bed, name).stdout != stdout:
         assert time.monotonic() < deadline, logs(bed, name).stdout[-200:]
         time.sleep(0.1)
-    follower = bed.popen([*_sdshim(), "logs", "-f", name], stdout=subprocess.PIPE,
+    follower = bed.popen([*SDSHIM, "logs", "-f", name], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
 
     def check(final: bytes) -> None:
@@ -357,9 +357,3 @@ def test_bad_tail_is_refused(bed: Bed, name: str, make_bundle: Any) -> None:
     run_to_exit(bed, name, make_bundle("true"))
     out = bed.sdshim("logs", "--tail", "-1", name)
     assert out.returncode == 2 and "invalid --tail" in one_line_error(out)
-
-
-def _sdshim() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "sdshim"]
