@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any
 

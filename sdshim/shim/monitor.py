@@ -624,7 +624,9 @@ class Monitor:
         error = self.create()
         if error:
             return self.fail(error)
-        if self.opts.start and not self.exited:
+        # After `runc run` the command may have ended already: start() still looks into
+        # why (an execve failure is an error, not an exit status).
+        if self.run_detached or (self.opts.start and not self.exited):
             error = self.start()
             if error:
                 return self.fail(error)
