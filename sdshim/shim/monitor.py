@@ -148,7 +148,10 @@ class Monitor:
             os.write(wake_w, bytes([signum]))
 
         os.makedirs(rundir.RUN_DIR, mode=0o700, exist_ok=True)
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        try:  # not makedirs: an exec's directory is only made in its container's
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            pass
         previous = rundir.read_json(self.path("state.json"))
         owner = (previous or {}).get("unit")
         if owner and self.opts.unit and owner != self.opts.unit:
