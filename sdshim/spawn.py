@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable, Mapping, Sequence
 
 from sdshim.errors import SdshimError
 
-# The monitor imports this module: asyncio would cost its start-up ~15 ms, typing ~2 ms.
+# The monitor imports this module and starts the runtime with launch(): asyncio would
+# cost its start-up ~15 ms, subprocess ~2 ms and ~2 MB, typing ~2 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    import signal as _signal  # typeshed has no _signal: the same names, typed
+    import subprocess
+    from collections.abc import Callable, Mapping, Sequence
     from typing import IO, Any
+else:
+    import _signal  # signal's C half: signal makes enums of it all (~0.9 MB)
+
+# subprocess's values (tests/test_pure.py checks), for callers that do not import it.
+PIPE = -1
+DEVNULL = -3
+# What Python ignores at start-up and subprocess resets for the programs it starts:
+# an ignored signal stays ignored across exec (a runtime would never see SIGPIPE).
+_RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 class CommandError(SdshimError):
@@ -32,6 +43,8 @@ def run(
     stderr: int | IO[Any] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv to completion; raise CommandError naming the program on failure."""
+    import subprocess
+
     out = subprocess.PIPE if capture and stdout is None else stdout
     err = subprocess.PIPE if capture and stderr is None else stderr
     try:
@@ -70,6 +83,8 @@ def start(
     preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start argv in the background; preexec runs in the child just before the exec."""
+    import subprocess
+
     try:
         return subprocess.Popen(
             list(argv),
@@ -85,12 +100,48 @@ def start(
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
 
 
+def launch(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> int:
+    """Start argv in the background, for the monitor; its pid, for the caller to reap.
+    stdin, stdout, stderr: an fd, DEVNULL, or None to inherit.
+
+    start() through posix_spawn, without subprocess (~2 MB in every monitor), unless
+    preexec asks for code in the child. It closes no other fds, and needs not: Python
+    opens every fd close-on-exec (PEP 446), and so does sdshim.
+    """
+    if preexec is not None:
+        proc = start(argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                     preexec=preexec)
+        # The caller reaps it (waitpid(-1)): Popen must never try to, not even when it
+        # is garbage-collected, and believes it already has.
+        proc.returncode = 0
+        return proc.pid
+    actions: list[tuple[Any, ...]] = []
+    for target, fd in enumerate((stdin, stdout, stderr)):
+        if fd == DEVNULL:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+        elif fd is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    try:
+        return os.posix_spawnp(argv[0], list(argv), os.environ if env is None else env,
+                               file_actions=actions, setsigdef=_RESET_SIGNALS)
+    except FileNotFoundError as e:
+        raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
+
+
 def environ_without(*keys: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in keys}
 
 
-async def start_async(argv: Sequence[str], *, stdout: int = subprocess.PIPE,
-                      stdin: int = subprocess.DEVNULL) -> asyncio.subprocess.Process:
+async def start_async(argv: Sequence[str], *, stdout: int = PIPE,
+                      stdin: int = DEVNULL) -> asyncio.subprocess.Process:
     """Start argv under asyncio, its stdout a pipe to read from."""
     import asyncio
 

@@ -167,10 +167,15 @@ def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
 
 
 def slow_runtime(bed: Bed, seconds: float, verb: str = "create") -> Path:
-    """A runtime wrapper whose `verb` takes `seconds` longer (a window for faults)."""
+    """A runtime wrapper whose `verb` takes `seconds` longer (a window for faults).
+
+    "create" slows `run` as well: with --start the monitor creates and starts the
+    container with one `runc run --detach`.
+    """
     path = bed.scratch / f"slow-{verb}-{seconds}"
+    verbs = "create|run" if verb == "create" else verb
     # $7: the verb, after --root R --log L --log-format json (see shim/runtime.py).
-    path.write_text(f"#!/bin/sh\nif [ \"$7\" = {verb} ]; then sleep {seconds}; fi\n"
+    path.write_text(f"#!/bin/sh\ncase \"$7\" in {verbs}) sleep {seconds};; esac\n"
                     "exec runc \"$@\"\n")
     path.chmod(0o755)
     return path

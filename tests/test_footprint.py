@@ -7,8 +7,9 @@ what can be checked without a stopwatch.
 from __future__ import annotations
 
 import re
+import secrets
+import shutil
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,24 +17,45 @@ from sdshim.errors import EXIT_RUNTIME
 from sdshim.units.spec import monitor_command
 from tests.conftest import Bed
 
-# sdshim modules the monitor may import: its own package, and the small shared ones.
-SDSHIM_ALLOWED = {"sdshim", "sdshim.errors", "sdshim.records", "sdshim.signals", "sdshim.spawn"}
-# Standard-library modules the monitor does not need on its path. Each costs start-up
-# time and private memory in every container; most come in through a convenience
-# import (asyncio through a helper, typing for annotations, dataclasses for one class).
-FORBIDDEN = {
-    "asyncio", "concurrent", "typing", "dataclasses", "inspect", "ast", "dis", "tokenize",
-    "logging", "ssl", "email", "http", "xml", "urllib.request", "datetime", "shutil",
-    "traceback", "tempfile", "random", "secrets", "hashlib", "uuid", "zipfile", "tarfile",
-    "importlib.metadata", "importlib.util", "site", "pydoc", "unittest", "multiprocessing",
-    "sqlite3", "decimal", "bz2", "lzma",
+# What a monitor may have imported once its container runs: what every container pays
+# for, in start-up time and private memory, besides the interpreter's own start-up
+# modules. The lean path keeps to C modules and the sdshim modules below (see
+# sdshim/shim/monitor.py); a module that only some containers, a failure or the end
+# need is imported there. Adding one here costs every container: measure it first
+# (bench/footprint.py), e.g. json with re ~1.2 MB, pathlib ~2 MB, subprocess ~2 MB,
+# socket or signal (enum) ~0.9-1.3 MB, selectors, contextlib or collections ~0.5-0.9 MB.
+STDLIB_ALLOWED = {
+    "__future__", "os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc",
+    "errno", "fcntl", "select", "_socket", "_json", "_ctypes", "struct", "_struct",
+}
+SDSHIM_ALLOWED = {
+    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.rundir", "sdshim.spawn",
+    "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.framing", "sdshim.shim.journal",
+    "sdshim.shim.listener", "sdshim.shim.monitor", "sdshim.shim.notify",
+    "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output", "sdshim.shim.poller",
+    "sdshim.shim.runtime", "sdshim.shim.stdio",
 }
 # D-Bus and other third-party libraries: the monitor is standard library only.
 DBUS = ("dbus_fast", "dbus", "dbus_next", "jeepney", "gi", "pydbus", "systemd")
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", re.M)
+
+
+def interpreter_modules() -> set[str]:
+    """What the interpreter imports on its own, started as the monitor's is."""
+    command = monitor_command()
+    out = subprocess.run([command[0], "-X", "importtime", *command[1:3], "-c", "pass"],
+                         capture_output=True, timeout=60, check=True)
+    return set(IMPORT_LINE.findall(out.stderr.decode()))
+
+
+def unexpected(names: list[str]) -> list[str]:
+    allowed = interpreter_modules() | STDLIB_ALLOWED | SDSHIM_ALLOWED
+    return [n for n in names if n not in allowed]
 
 
 def monitor_imports() -> list[str]:
-    """Every module the monitor imports on its way to work, started as systemd starts it.
+    """Every module the monitor imports before it starts work, started as systemd
+    starts it.
 
     A runtime that does not exist makes it stop right after parsing its arguments, when
     all its module-level imports have run (--help would import what only help text
@@ -45,7 +67,7 @@ def monitor_imports() -> list[str]:
     out = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     assert out.returncode == EXIT_RUNTIME, out.stderr.decode()
     assert b"runtime /nonexistent/runc not found" in out.stderr
-    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", out.stderr.decode(), re.M)
+    names = IMPORT_LINE.findall(out.stderr.decode())
     assert "sdshim.shim.monitor" in names, out.stderr.decode()
     return names
 
@@ -60,14 +82,37 @@ def test_monitor_starts_without_site_and_imports_no_dbus_library() -> None:
 
 
 def test_monitor_imports_only_what_it_needs() -> None:
-    names = monitor_imports()
-    stdlib = sys.stdlib_module_names
-    foreign = [n for n in names if n.split(".")[0] not in stdlib
-               and n not in SDSHIM_ALLOWED and not n.startswith("sdshim.shim")]
-    assert not foreign, f"the monitor imports modules outside its path: {foreign}"
-    heavy = [n for n in names if any(n == f or n.startswith(f + ".") for f in FORBIDDEN)]
-    assert not heavy, (f"the monitor imports {heavy}: import them lazily where they are "
-                       "used, or drop them")
+    extra = unexpected(monitor_imports())
+    assert not extra, (f"the monitor imports {extra} at start-up: import them lazily "
+                       "where they are used, or drop them")
+
+
+def test_a_running_monitor_holds_only_the_lean_path(bed: Bed, name: str,
+                                                    make_bundle: Any) -> None:
+    """Everything a monitor imported by the time its container runs (READY=1), started
+    by systemd as the manager starts it, on the plain path: no -i, -t or log file."""
+    bundle = make_bundle("sleep", "1000")
+    unit = f"sdshim-{name}.service"
+    log = bed.scratch / f"{name}.importtime"
+    command = monitor_command()
+    runc = shutil.which("runc")
+    assert runc is not None
+    out = bed.run(["systemd-run", "--unit", unit, "-p", "Type=notify", "-p", "Delegate=yes",
+                   "-p", f"StandardError=file:{log}", "--", command[0], "-X", "importtime",
+                   *command[1:], "--start", "--name", name, "--id", secrets.token_hex(32),
+                   "--bundle", str(bundle),
+                   "--runtime", runc, "--unit", unit])
+    try:
+        # systemd-run returns once the unit is active: after READY=1.
+        assert out.returncode == 0, out.stderr.decode()
+        assert bed.show(unit, "ActiveState")["ActiveState"] == "active"
+        names = IMPORT_LINE.findall(log.read_text())
+    finally:
+        bed.run(["systemctl", "stop", unit])
+    assert "sdshim.shim.monitor" in names
+    extra = unexpected(names)
+    assert not extra, (f"a running monitor has imported {extra}: import them lazily "
+                       "where they are used, or drop them")
 
 
 def smaps(bed: Bed, pid: int) -> dict[str, int]:

@@ -371,7 +371,7 @@ def test_runtime_killed_during_create(bed: Bed, name: str, make_bundle: Any) -> 
         kill_in_bed(bed, child.decode())
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 125, err
-    message = b"slow-create-30 create was killed by SIGKILL"
+    message = b"slow-create-30 run was killed by SIGKILL"  # run -d: create and start
     assert b"Traceback" not in err and message in err, err
     s = status(bed, name)
     assert s["state"] == "exited" and s["exit_code"] == 125, s

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdshim import naming
+from sdshim import leanjson, naming, rundir, spawn
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UsageError
 from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
@@ -329,3 +333,59 @@ def test_exec_units_are_never_taken_for_containers() -> None:
     unit = naming.exec_unit_name("web", "0123abcd")
     assert unit == "sdshim-web:exec-0123abcd.service"
     assert naming.name_from_unit(unit) is None
+
+
+JSON_VALUES = [
+    {"name": "web", "pid": 42, "tty": False, "error": None, "cpu": 0.125,
+     "ids": ["a", "b"], "text": "é \u2028 \x00 \"q\" \n", "nested": {"x": [1, {"y": []}]}},
+    [], {}, "", 0, -7, 10**30, 1e-300, float("inf"), True,
+]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES)
+def test_lean_json_is_json_byte_for_byte(value: Any) -> None:
+    text = json.dumps(value)
+    assert leanjson.dumps(value) == text
+    for framed in (text, f" \n\t{text}\r\n "):
+        assert repr(leanjson.loads(framed)) == repr(json.loads(framed))
+
+
+@pytest.mark.parametrize("bad", ["", " ", "{", "[1,]", "1 2", "{'a': 1}", "\ufeff{}",
+                                 '{"a": 1} x', "nul"])
+def test_lean_json_refuses_what_json_refuses_with_its_error(bad: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(bad)
+    with pytest.raises(json.JSONDecodeError) as got:
+        leanjson.loads(bad)
+    assert str(got.value) == str(expected.value)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        leanjson.dumps({"x": object()})
+
+
+def test_records_round_trip_and_missing_or_broken_files(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    rundir.write_json(path, {"status": "running", "pid": 7})
+    assert json.loads(path.read_text()) == {"status": "running", "pid": 7}
+    assert rundir.read_json(str(path)) == {"status": "running", "pid": 7}
+    assert rundir.read_json(tmp_path / "missing.json") is None
+    for broken in (b"{", b"[1]", b"\xff"):
+        path.write_bytes(broken)
+        assert rundir.read_json(path) is None
+
+
+def test_spawn_launch_redirects_and_leaves_reaping_to_the_caller(tmp_path: Path) -> None:
+    assert (spawn.PIPE, spawn.DEVNULL) == (subprocess.PIPE, subprocess.DEVNULL)
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        # Python ignores SIGPIPE; the program must not inherit that (subprocess resets it).
+        pid = spawn.launch(["sh", "-c", "cat; grep SigIgn /proc/self/status"],
+                           stdin=spawn.DEVNULL, stdout=fd)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ignored = int(out.read_text().split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), out.read_text()
+    with pytest.raises(spawn.CommandError, match="program not found"):
+        spawn.launch(["/nonexistent/runc"])

@@ -14,28 +14,29 @@ CLIENT_LIMIT bytes. Neither the container nor the journal ever waits for a clien
 
 from __future__ import annotations
 
-import selectors
-import socket
+import _socket
 import time
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 
 from sdshim.shim import framing
-from sdshim.shim.listener import Listener
+from sdshim.shim.poller import EVENT_READ, EVENT_WRITE
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    from sdshim.shim.poller import Poller
 
 CLIENT_LIMIT = 1 << 20
 STALL_TIMEOUT = 5.0
 # Frames read from one client per wake-up, so one busy client cannot starve the rest.
 READ_BATCH = 64
+_SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
 
 class Client:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -46,21 +47,23 @@ class Client:
         self.progress = time.monotonic()  # when it last took a frame
 
 
-class AttachServer(Listener):
-    def __init__(self, sel: selectors.BaseSelector, path: Path, *,
+class AttachServer:
+    """Serves the connections the attach socket's listener (in sdshim.shim.stdio) accepts."""
+
+    def __init__(self, poller: Poller, *,
                  on_input: Callable[[bytes], None], on_resize: Callable[[int, int], None],
                  on_eof: Callable[[], None], input_full: Callable[[], bool]) -> None:
-        super().__init__(sel, path, socket.SOCK_SEQPACKET, 16)
+        self.poller = poller
         self.on_input = on_input
         self.on_resize = on_resize
         self.on_eof = on_eof
         self.input_full = input_full
-        self.clients: dict[socket.socket, Client] = {}
+        self.clients: dict[_socket.socket, Client] = {}
         self.result: dict[str, Any] | None = None
 
     # --- connections ---------------------------------------------------------------
 
-    def accepted(self, conn: socket.socket) -> None:
+    def accepted(self, conn: _socket.socket) -> None:
         conn.setblocking(False)
         client = Client(conn)
         self.clients[conn] = client
@@ -71,7 +74,7 @@ class AttachServer(Listener):
 
     def _drop(self, client: Client) -> None:
         if client.events:
-            self.sel.unregister(client.sock)
+            self.poller.unregister(client.sock)
         client.sock.close()
         self.clients.pop(client.sock, None)
 
@@ -79,17 +82,17 @@ class AttachServer(Listener):
         if client.closing and not client.queue:
             self._drop(client)
             return
-        events = 0 if self.input_full() or client.closing else selectors.EVENT_READ
+        events = 0 if self.input_full() or client.closing else EVENT_READ
         if client.queue:
-            events |= selectors.EVENT_WRITE
+            events |= EVENT_WRITE
         if events == client.events:
             return
         if not client.events:
-            self.sel.register(client.sock, events, self._on_client)
+            self.poller.register(client.sock, events, self._on_client)
         elif not events:
-            self.sel.unregister(client.sock)
+            self.poller.unregister(client.sock)
         else:
-            self.sel.modify(client.sock, events, self._on_client)
+            self.poller.modify(client.sock, events, self._on_client)
         client.events = events
 
     def resume_input(self) -> None:
@@ -172,7 +175,7 @@ class AttachServer(Listener):
         """Send now or queue (no limit: see _offer); False if the client was dropped."""
         if not client.queue:
             try:
-                client.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                client.sock.send(data, _SEND_FLAGS)
                 client.progress = time.monotonic()
                 return True
             except BlockingIOError:
@@ -188,7 +191,7 @@ class AttachServer(Listener):
         while client.queue:
             data = client.queue[0]
             try:
-                client.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                client.sock.send(data, _SEND_FLAGS)
             except BlockingIOError:
                 return
             except OSError:
@@ -216,4 +219,3 @@ class AttachServer(Listener):
     def close(self) -> None:
         for client in list(self.clients.values()):
             self._drop(client)
-        super().close()

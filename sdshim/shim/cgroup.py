@@ -8,9 +8,8 @@ On hybrid hosts the same split is made in every hierarchy the unit owns.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-CGROUP_FS = Path("/sys/fs/cgroup")
+CGROUP_FS = "/sys/fs/cgroup"
 SUPERVISOR = "supervisor"
 CONTAINER = "container"
 
@@ -25,20 +24,20 @@ def own_cgroups() -> dict[str, str]:
     return result
 
 
-def _mount_of(key: str) -> Path | None:
+def _mount_of(key: str) -> str | None:
     if key == "":
-        for cand in (CGROUP_FS / "unified", CGROUP_FS):
-            if (cand / "cgroup.controllers").exists():
+        for cand in (os.path.join(CGROUP_FS, "unified"), CGROUP_FS):
+            if os.path.exists(os.path.join(cand, "cgroup.controllers")):
                 return cand
         return None
     name = key.removeprefix("name=")
-    for cand in (CGROUP_FS / name, CGROUP_FS / key):
-        if cand.is_dir():
+    for cand in (os.path.join(CGROUP_FS, name), os.path.join(CGROUP_FS, key)):
+        if os.path.isdir(cand):
             return cand
     return None
 
 
-def _unit_leaves(unit: str, leaf: str) -> list[Path]:
+def _unit_leaves(unit: str, leaf: str) -> list[str]:
     """<unit cgroup>/leaf in every hierarchy where this process is inside the unit."""
     leaves = []
     for key, path in own_cgroups().items():
@@ -48,15 +47,19 @@ def _unit_leaves(unit: str, leaf: str) -> list[Path]:
         mount = _mount_of(key)
         if mount is not None:
             unit_path = "/".join(parts[: parts.index(unit) + 1])
-            leaves.append(mount / unit_path.lstrip("/") / leaf)
+            leaves.append(os.path.join(mount, unit_path.lstrip("/"), leaf))
     return leaves
 
 
-def _move(leaves: list[Path], pid: int) -> None:
+def _move(leaves: list[str], pid: int) -> None:
     for leaf in leaves:
         try:
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(pid))
+            try:
+                os.mkdir(leaf)
+            except FileExistsError:
+                pass
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
         except OSError:
             continue  # a hierarchy not delegated to us: the runtime will cope
 
@@ -78,7 +81,7 @@ def join(pid: int, like: int) -> None:
         _hid, ctls, path = line.split(":", 2)
         mount = _mount_of(ctls)
         if mount is not None:
-            _move([mount / path.lstrip("/")], pid)
+            _move([os.path.join(mount, path.lstrip("/"))], pid)
 
 
 def split(unit: str) -> str:

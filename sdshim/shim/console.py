@@ -7,20 +7,20 @@ the master, reads the container's output from it and writes its input to it.
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import os
-import selectors
 import socket
 import struct
 import termios
-from collections.abc import Callable
-from pathlib import Path
 
 from sdshim.shim.listener import Listener
 
-# Until a client says otherwise: a terminal without a size confuses full-screen
-# programs (and busybox stty), so start with the classic one.
-DEFAULT_SIZE = (24, 80)
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sdshim.shim.poller import Poller
 
 
 def set_size(fd: int, rows: int, cols: int) -> None:
@@ -31,19 +31,20 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 class ConsoleSocket(Listener):
     """Listens at path for the runtime; calls on_master(fd) with the pty master."""
 
-    def __init__(self, sel: selectors.BaseSelector, path: Path,
-                 on_master: Callable[[int], None]) -> None:
-        super().__init__(sel, path, socket.SOCK_STREAM, 1)
+    def __init__(self, poller: Poller, path: str, on_master: Callable[[int], None]) -> None:
+        super().__init__(poller, path, _socket.SOCK_STREAM, 1, self._accepted)
         self.on_master = on_master
 
-    def accepted(self, conn: socket.socket) -> None:
-        with conn:
+    def _accepted(self, conn: _socket.socket) -> None:
+        try:
             conn.settimeout(2.0)  # the runtime sends right after connecting
-            try:
-                _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4,
-                                                           socket.MSG_CMSG_CLOEXEC)
-            except OSError:
-                return  # a runtime that died half-way: create fails and says why
+            # (socket only here, for recv_fds: terminal mode is the rare case.)
+            _msg, fds, _flags, _addr = socket.recv_fds(
+                conn, 4096, 4, socket.MSG_CMSG_CLOEXEC)  # type: ignore[arg-type]
+        except OSError:
+            return  # a runtime that died half-way: create fails and says why
+        finally:
+            conn.close()
         for extra in fds[1:]:
             os.close(extra)
         if fds:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-from sdshim import records
+from sdshim import rundir
 from sdshim.errors import EXIT_TIMEOUT
 from sdshim.shim import cgroup, monitor
 from sdshim.shim.journal import encode_field
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import SimpleNamespace
     from typing import Any
 
@@ -50,8 +49,8 @@ class ExecMonitor(monitor.Monitor):
                                       f"Exec {self.exec_id} in container {self.name}", 1),
                       **extra)
 
-    def records_dir(self) -> Path:
-        return records.exec_dir(self.name, self.exec_id)
+    def records_dir(self) -> str:
+        return rundir.exec_dir(self.name, self.exec_id)
 
     def setup(self) -> None:
         super().setup()
@@ -63,7 +62,7 @@ class ExecMonitor(monitor.Monitor):
         self.write_state(name=self.name, id=self.id, exec_id=self.exec_id,
                          unit=self.opts.unit, runtime=self.rt.path, status="created",
                          command=self.opts.command, pid=None, monitor_pid=os.getpid(),
-                         created_at=records.now_iso(), started_at=None,
+                         created_at=rundir.now_iso(), started_at=None,
                          tty=self.opts.tty, stdin=self.opts.interactive)
         if not self.opts.start:
             self.kill_deadline = time.monotonic() + START_WAIT  # see _escalate
@@ -102,7 +101,8 @@ class ExecMonitor(monitor.Monitor):
         start the runtime in the container's cgroups, so the process is born there."""
         if self.rt.places_processes:
             return None
-        state = records.read_json(records.container_dir(self.name) / "state.json") or {}
+        state = rundir.read_json(os.path.join(rundir.container_dir(self.name),
+                                              "state.json")) or {}
         init = int(state.get("pid") or 0)
         return (lambda: cgroup.join(0, init)) if init else None
 

@@ -8,8 +8,9 @@ a frame in two. The first byte says what the frame is; the rest is its payload.
 
 from __future__ import annotations
 
-import json
 import struct
+
+from sdshim import leanjson
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def parse_resize(payload: bytes) -> tuple[int, int] | None:
 
 
 def exit_frame(result: dict[str, Any]) -> bytes:
-    return frame(EXIT, json.dumps(result).encode())
+    return frame(EXIT, leanjson.dumps(result).encode())
 
 
 def split(kind: int, data: bytes) -> list[bytes]:

@@ -3,17 +3,18 @@ the varlink Synchronize call; and splitting output into entries."""
 
 from __future__ import annotations
 
-import array
+import _socket
 import errno
 import fcntl
-import json
 import os
-import socket
-import struct
 import time
-from collections.abc import Iterator, Mapping
 
 from sdshim import spawn
+from sdshim.shim.listener import unix_socket
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STREAM_SOCKET = "/run/systemd/journal/stdout"
@@ -26,13 +27,14 @@ PRIORITY_STDERR = 3  # err
 # journald's socket was replaced (its socket unit restarted): connect to the new one,
 # trying for this long while it comes back, before giving up on the entry.
 RECONNECT_TIMEOUT = 10.0
+SYNCHRONIZE = b'{"method": "io.systemd.Journal.Synchronize", "parameters": {}}\0'
 _GONE = (errno.ECONNREFUSED, errno.ENOTCONN, errno.ENOENT, errno.EPIPE, errno.ECONNRESET)
 
 
 def encode_field(key: str, value: bytes) -> bytes:
     """KEY=value\\n, or the length-prefixed form when value has a newline."""
     if b"\n" in value:
-        return key.encode() + b"\n" + struct.pack("<Q", len(value)) + value + b"\n"
+        return key.encode() + b"\n" + len(value).to_bytes(8, "little") + value + b"\n"
     return key.encode() + b"=" + value + b"\n"
 
 
@@ -54,8 +56,8 @@ class JournalWriter:
         self.path = path
         self.sock = self._connect()
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    def _connect(self) -> _socket.socket:
+        sock = unix_socket(_socket.SOCK_DGRAM)
         _grow_send_buffer(sock)
         try:
             sock.connect(self.path)
@@ -96,6 +98,8 @@ class JournalWriter:
 
     def _send_memfd(self, data: bytes) -> None:
         # Entries larger than a datagram go in a sealed memfd, as the protocol allows.
+        import struct  # lazily: rare
+
         fd = os.memfd_create("sdshim-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             view = memoryview(data)
@@ -103,8 +107,8 @@ class JournalWriter:
                 view = view[os.write(fd, view):]
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-            fds = array.array("i", [fd])
-            self.sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            self.sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                    struct.pack("i", fd))])
         finally:
             os.close(fd)
 
@@ -112,10 +116,10 @@ class JournalWriter:
         self.sock.close()
 
 
-def _grow_send_buffer(sock: socket.socket) -> None:
-    for opt in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+def _grow_send_buffer(sock: _socket.socket) -> None:
+    for opt in (SO_SNDBUFFORCE, _socket.SO_SNDBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SEND_BUFFER)
+            sock.setsockopt(_socket.SOL_SOCKET, opt, SEND_BUFFER)
             return
         except OSError:
             continue
@@ -130,10 +134,10 @@ def open_stream(identifier: str, unit: str, priority: int, path: str = STREAM_SO
     lines stay attributed to the unit even after the writer is gone), priority,
     level prefix, forward to syslog, kmsg, console.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = unix_socket(_socket.SOCK_STREAM)
     try:
         sock.connect(path)
-        sock.shutdown(socket.SHUT_RD)
+        sock.shutdown(_socket.SHUT_RD)
         _grow_send_buffer(sock)
         sock.sendall(f"{identifier}\n{unit}\n{priority}\n0\n0\n0\n0\n".encode())
     except OSError:
@@ -170,21 +174,22 @@ def sync(timeout: float = 5.0, path: str = VARLINK_SOCKET) -> bool:
     every pending datagram and stream byte: lines a container wrote to a stream
     connection are in the journal before an entry sent after this returns.
     """
-    request = {"method": "io.systemd.Journal.Synchronize", "parameters": {}}
+    sock = unix_socket(_socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(json.dumps(request).encode() + b"\0")
-            reply = b""
-            while not reply.endswith(b"\0"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return False
-                reply += chunk
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(SYNCHRONIZE)
+        reply = b""
+        while not reply.endswith(b"\0"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return False
+            reply += chunk
         return b'"error"' not in reply
     except OSError:
         return False
+    finally:
+        sock.close()
 
 
 class LineSplitter:

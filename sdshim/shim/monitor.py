@@ -8,26 +8,16 @@ whatever the container orphans, and the runtime's own processes; one event loop
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import _socket
 import errno
 import fcntl
-import json
 import os
-import resource
-import selectors
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from sdshim import records, spawn
+from sdshim import leanjson, rundir, spawn
 from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
 from sdshim.shim import cgroup, framing, journal, oom, options, runtime
-from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import (
     PRIORITY_STDERR,
     PRIORITY_STDOUT,
@@ -35,23 +25,33 @@ from sdshim.shim.journal import (
     LineSplitter,
     encode_field,
 )
+from sdshim.shim.listener import Listener
 from sdshim.shim.notify import Notifier
 from sdshim.shim.output import Output
+from sdshim.shim.poller import EVENT_READ, Poller
 from sdshim.shim.stdio import Stdio
-from sdshim.signals import signal_name
 
-# Start-up cost is paid once per container: keep `typing` (and anything the normal path
-# does not use) out of the imports. tests/test_footprint.py holds the line.
+# Start-up time and memory are paid once per container: the plain path (create, start,
+# forward output, wait) imports only what it uses, through the lean modules: _signal,
+# _socket, sdshim.leanjson, sdshim.rundir, Poller, spawn.launch; what only some
+# containers or the end need is imported there. tests/test_footprint.py holds the line.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # typeshed has no _signal: the same names, typed
+    from collections.abc import Callable, Sequence
     from types import SimpleNamespace
     from typing import Any
+else:
+    import _signal  # signal's C half: signal makes enums of it all (~0.9 MB)
 
 PR_SET_CHILD_SUBREAPER = 36
 F_SETPIPE_SZ = 1031
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-             signal.SIGUSR1, signal.SIGUSR2)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+SIGKILL = _signal.SIGKILL
+SIGTERM = _signal.SIGTERM
+SIGCHLD = _signal.SIGCHLD
+FORWARDED = (SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP,
+             _signal.SIGUSR1, _signal.SIGUSR2)
+STOP_SIGNALS = (SIGTERM, _signal.SIGINT, _signal.SIGQUIT)
 # Longest journal entry; longer lines become CONTAINER_PARTIAL_MESSAGE chunks. 256 KiB
 # keeps JSON log lines whole far beyond conmon's 8 KiB and journald's 48 KiB stream
 # LineMax, still fits one datagram under the default wmem_max (2 x 212992 bytes: no
@@ -91,9 +91,9 @@ class Monitor:
         self.id: str = opts.id
         self.dir = self.records_dir()
         self.notifier = Notifier()
-        self.rt = runtime.Runtime(opts.runtime, records.runtime_root(opts.runtime),
-                                  self.dir / "runtime.log")
-        self.sel = selectors.DefaultSelector()
+        self.rt = runtime.Runtime(opts.runtime, rundir.runtime_root(opts.runtime),
+                                  self.path("runtime.log"))
+        self.poller = Poller()
         self.reaped: dict[int, int] = {}  # pid -> wait status, for pids we may ask about
         self.pid = 0  # the container's init, once known
         self.state: dict[str, Any] = {}
@@ -112,40 +112,47 @@ class Monitor:
         self.log_driver: str = opts.log_driver
         self.read_total = 0  # bytes read from the container's pipes, to see a drain progress
         self.streams: list[Stream] = []
-        self.control: socket.socket | None = None
+        self.control: Listener | None = None
         self.starting = False  # start requested (by --start or the control socket)
         self.started = False
+        self.run_detached = False  # created and started by one `runc run --detach`
         self.exec_confirmed = False  # the runtime's init has become the container's command
         self.exited = False
         self.start_failure = ""  # why a start requested over the control socket failed
-        self.stdio = Stdio(self.sel, self.dir, tty=opts.tty, stdin=opts.interactive,
+        self.stdio = Stdio(self.poller, self.dir, tty=opts.tty, stdin=opts.interactive,
                            on_terminal=self._on_terminal)
         self.tty_stream: Stream | None = None
         # What ties sdshim's own journal entries (not the output) to this container.
         self.event_ids = {"SDSHIM_CONTAINER_ID_FULL": self.id,
                           "SDSHIM_CONTAINER_NAME": self.name}
 
-    def records_dir(self) -> Path:
-        return records.container_dir(self.name)
+    def records_dir(self) -> str:
+        return rundir.container_dir(self.name)
+
+    def path(self, name: str) -> str:
+        """A file in the records directory."""
+        return os.path.join(self.dir, name)
 
     # --- set-up ---------------------------------------------------------------------
 
     def setup(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        become_subreaper()
         self.oom_score_adj = oom.protect_monitor()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, *FORWARDED):
-            signal.signal(sig, _noop)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
+        _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (SIGCHLD, *FORWARDED):
+            _signal.signal(sig, _noop)
+        self.poller.register(self.wake_r, EVENT_READ, self._on_signal)
         # Signals that arrived before setup() was reached (see main()).
         for signum in sorted(_early_signals):
             os.write(wake_w, bytes([signum]))
 
-        records.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        previous = records.read_json(self.dir / "state.json")
+        os.makedirs(rundir.RUN_DIR, mode=0o700, exist_ok=True)
+        try:  # not makedirs: an exec's directory is only made in its container's
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            pass
+        previous = rundir.read_json(self.path("state.json"))
         owner = (previous or {}).get("unit")
         if owner and self.opts.unit and owner != self.opts.unit:
             # Another unit's container has this name: its records are not ours to clear.
@@ -158,9 +165,11 @@ class Monitor:
         self.invocations = [*(previous or {}).get("invocation_ids", []),
                             *filter(None, [os.environ.get("INVOCATION_ID")])]
         for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / stale).unlink()
-        self.rt.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                os.unlink(self.path(stale))
+            except FileNotFoundError:
+                pass
+        os.makedirs(self.rt.root, mode=0o700, exist_ok=True)
 
         fields = {
             "CONTAINER_ID": self.id[:12], "CONTAINER_ID_FULL": self.id,
@@ -176,21 +185,18 @@ class Monitor:
                   "unit's stdout", file=sys.stderr)
         self.output = Output(self.journal, self.fields)
 
-        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.control.bind(str(self.dir / "control"))
-        self.control.listen(16)
-        self.control.setblocking(False)
-        self.sel.register(self.control, selectors.EVENT_READ, self._on_control_accept)
+        self.control = Listener(self.poller, self.path("control"), _socket.SOCK_STREAM, 16,
+                                self._on_control)
         self.stdio.listen()
         # Runtime state left by a predecessor in this unit that died (this is a restart):
         # the runtime would refuse the same id again, and another id would leak it.
         for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
-            if (self.rt.root / cid).exists():
+            if os.path.exists(os.path.join(self.rt.root, cid)):
                 self.cleanup_runtime(cid)
 
     def write_state(self, **changes: Any) -> None:
         self.state.update(changes)
-        records.write_json(self.dir / "state.json", self.state)
+        rundir.write_json(self.path("state.json"), self.state)
 
     # --- the event loop -------------------------------------------------------------
 
@@ -210,8 +216,8 @@ class Monitor:
                 if left == 0.0:
                     self._escalate()
                     continue
-            for key, _ in self.sel.select(wait):
-                key.data(key.fileobj)
+            for callback, fileobj in self.poller.poll(wait):
+                callback(fileobj)
         return True
 
     def _on_signal(self, _fd: object) -> None:
@@ -220,7 +226,7 @@ class Monitor:
         except BlockingIOError:
             return
         for signum in data:
-            if signum == signal.SIGCHLD:
+            if signum == SIGCHLD:
                 self._reap()
             else:
                 self._signal_received(signum)
@@ -238,12 +244,11 @@ class Monitor:
             if pid == self.pid:
                 self.exited = True
 
-    def wait_child(self, proc: Any) -> int:
-        """Wait for a child we started, serving events meanwhile; its exit code."""
-        self.loop_until(lambda: proc.pid in self.reaped)
-        status = self.reaped.pop(proc.pid)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping
-        return int(proc.returncode)
+    def wait_child(self, pid: int) -> int:
+        """Wait for a child we started, serving events meanwhile; its exit code (as
+        Popen's returncode: negative for a signal)."""
+        self.loop_until(lambda: pid in self.reaped)
+        return os.waitstatus_to_exitcode(self.reaped.pop(pid))
 
     # --- output --------------------------------------------------------------------
 
@@ -266,7 +271,7 @@ class Monitor:
 
     def _close_stream(self, stream: Stream) -> None:
         self._emit(stream, stream.splitter.flush())
-        self.sel.unregister(stream.fd)
+        self.poller.unregister(stream.fd)
         os.close(stream.fd)
         stream.open = False
 
@@ -281,12 +286,14 @@ class Monitor:
             self.output.emit(stream.name, stream.prefix, lines)
 
     def add_stream(self, fd: int, name: str, priority: int) -> Stream:
-        with contextlib.suppress(OSError):
+        try:
             fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
+        except OSError:
+            pass  # a pty master, or beyond the pipe size limit: the default serves
         os.set_blocking(fd, False)
         stream = Stream(fd, name, priority, self.opts.log_max_line)
         self.streams.append(stream)
-        self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        self.poller.register(fd, EVENT_READ, self._on_output)
         return stream
 
     def _on_terminal(self, master: int) -> None:
@@ -307,6 +314,8 @@ class Monitor:
                       "output over the native protocol instead", file=sys.stderr)
                 self.log_driver = "native"
         if self.opts.log_path:
+            from sdshim.shim.crilog import CriLog
+
             assert self.output is not None
             self.output.cri = CriLog(self.opts.log_path, self.opts.log_size_max)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -340,7 +349,7 @@ class Monitor:
             # SIGTERM is systemd's (and the usual) way to say stop: the container gets
             # its own stop signal. SIGINT and SIGQUIT are passed on as they are.
             self.request_stop(self.opts.stop_timeout,
-                              0 if signum == signal.SIGTERM else signum)
+                              0 if signum == SIGTERM else signum)
         else:
             self.deliver(signum)
 
@@ -351,16 +360,18 @@ class Monitor:
         if not self.pid:
             self.pending_signals.append(signum)
             return
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def request_stop(self, timeout: float, signum: int = 0) -> None:
         sig = signum or self.opts.stop_signal
         if self.pid and not self.started:
-            sig = signal.SIGKILL  # created but never started: nothing to stop gracefully
+            sig = SIGKILL  # created but never started: nothing to stop gracefully
         self.stop_requested_signal = sig
         self.deliver(sig)
-        if sig != signal.SIGKILL:
+        if sig != SIGKILL:
             deadline = time.monotonic() + timeout
             if not self.kill_deadline or deadline < self.kill_deadline:
                 self.kill_deadline = deadline
@@ -369,22 +380,18 @@ class Monitor:
         self.kill_deadline = 0.0
         if self.pid and not self.exited:
             self.stop_escalated = True
-            self.deliver(signal.SIGKILL)
+            self.deliver(SIGKILL)
 
-    def _on_control_accept(self, _sock: object) -> None:
-        assert self.control is not None
+    def _on_control(self, conn: _socket.socket) -> None:
         try:
-            conn, _ = self.control.accept()
-        except BlockingIOError:
-            return
-        conn.settimeout(2.0)
-        try:
-            with conn:
-                request = json.loads(conn.recv(4096) or b"{}")
-                reply = self.handle_request(request)
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+            conn.settimeout(2.0)
+            request = leanjson.loads(conn.recv(4096).decode() or "{}")
+            reply = self.handle_request(request)
+            conn.sendall(leanjson.dumps(reply).encode() + b"\n")
         except (OSError, ValueError):
             pass  # a client that went away or spoke nonsense: nothing to answer
+        finally:
+            conn.close()
 
     def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -398,7 +405,7 @@ class Monitor:
         if op == "kill":
             if not self.pid or self.exited:
                 return {"ok": False, "error": "container is not running"}
-            self.deliver(int(req.get("signal", signal.SIGTERM)))
+            self.deliver(int(req.get("signal", SIGTERM)))
             return {"ok": True}
         if op == "stop":
             self.final = True  # a stop the user asked for: no restart
@@ -410,29 +417,38 @@ class Monitor:
     # --- the container's life ------------------------------------------------------
 
     def create(self) -> str:
-        """runc create; returns an error message, or '' on success."""
-        bundle = Path(self.opts.bundle)
+        """runc create; returns an error message, or '' on success.
+
+        With --start, and a runtime that puts the process into its cgroup itself (so
+        nothing needs doing between create and start): runc run --detach, which creates
+        and starts in one runtime process, ~5 ms sooner. start() then only confirms.
+        """
+        bundle = self.opts.bundle
         cg = cgroup.split(self.opts.unit) if self.opts.unit else ""
         self.cgroup_path = cg
+        config = self.path("bundle")
         try:
-            runtime.write_config(bundle, self.dir / "bundle", cg, self.oom_score_adj,
+            runtime.write_config(bundle, config, cg, self.oom_score_adj,
                                  terminal=self.opts.tty)
         except (OSError, ValueError) as e:
-            return f"cannot read {bundle / 'config.json'}: {e}"
+            return f"cannot read {os.path.join(bundle, 'config.json')}: {e}"
 
         try:
             out_w, err_w = self.open_output()
         except OSError as e:
             return f"cannot set up the container's output: {e}"
         self.write_state(name=self.name, id=self.id, unit=self.opts.unit,
-                         bundle=str(bundle), runtime=self.rt.path, status="creating",
+                         bundle=bundle, runtime=self.rt.path, status="creating",
                          restart=self.opts.restart, restarts=self.restarts,
-                         pid=None, monitor_pid=os.getpid(), created_at=records.now_iso(),
+                         pid=None, monitor_pid=os.getpid(), created_at=rundir.now_iso(),
                          started_at=None, log_driver=self.log_driver,
                          invocation_ids=self.invocations,
                          tty=self.opts.tty, stdin=self.opts.interactive)
-        error = self.spawn_runtime("create", ["--bundle", str(self.dir / "bundle")],
-                                   out_w, err_w)
+        self.run_detached = self.opts.start and self.rt.places_processes
+        if self.run_detached:
+            error = self.spawn_runtime("run", ["--detach", "--bundle", config], out_w, err_w)
+        else:
+            error = self.spawn_runtime("create", ["--bundle", config], out_w, err_w)
         if error:
             return error
         if not self.exited and self.opts.unit:
@@ -443,14 +459,14 @@ class Monitor:
     def spawn_runtime(self, command: str, options: Sequence[str], out_w: int, err_w: int,
                       args: Sequence[str] = (),
                       preexec: Callable[[], None] | None = None) -> str:
-        """The runtime command that makes the container's process (create, exec), its
-        output to out_w and err_w (closed here); sets self.pid. An error, or ''."""
+        """The runtime command that makes the container's process (create, run, exec),
+        its output to out_w and err_w (closed here); sets self.pid. An error, or ''."""
         env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
                                     "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
         argv = self.rt.argv(command, *options, *self.stdio.runtime_args(),
-                            "--pid-file", str(self.dir / "pid"), self.id, *args)
+                            "--pid-file", self.path("pid"), self.id, *args)
         try:
-            proc = spawn.start(argv, env=env, stdin=self.stdio.runtime_stdin(), stdout=out_w,
+            pid = spawn.launch(argv, env=env, stdin=self.stdio.runtime_stdin(), stdout=out_w,
                                stderr=err_w, preexec=preexec)
         except spawn.CommandError as e:
             return str(e)
@@ -458,11 +474,12 @@ class Monitor:
             os.close(out_w)
             os.close(err_w)
             self.stdio.after_spawn()
-        code = self.wait_child(proc)
+        code = self.wait_child(pid)
         if code != 0:
             return self.rt.last_error() or f"{self.rt.name} {command} {_how(code)}"
         try:
-            self.pid = int((self.dir / "pid").read_text())
+            with open(self.path("pid")) as f:
+                self.pid = int(f.read())
         except (OSError, ValueError) as e:
             return f"{self.rt.name} {command} left no usable pid file: {e}"
         if self.pid in self.reaped:
@@ -473,11 +490,13 @@ class Monitor:
         return ""
 
     def start(self) -> str:
-        """runc start, then make sure the command really runs; error message or ''."""
-        code = self.wait_child(spawn.start(self.rt.argv("start", self.id),
-                                           stdin=subprocess.DEVNULL))
-        if code != 0 and not self.exited:
-            return self.rt.last_error() or f"{self.rt.name} start {_how(code)}"
+        """runc start (unless create ran the container), then make sure the command
+        really runs; error message or ''."""
+        if not self.run_detached:
+            code = self.wait_child(spawn.launch(self.rt.argv("start", self.id),
+                                                stdin=spawn.DEVNULL))
+            if code != 0 and not self.exited:
+                return self.rt.last_error() or f"{self.rt.name} start {_how(code)}"
         return self.confirm_running()
 
     def confirm_running(self) -> str:
@@ -491,7 +510,7 @@ class Monitor:
                 return failure
         self._reap()  # an exit that already happened must not be recorded as running
         self.write_state(status="exiting" if self.exited else "running",
-                         started_at=records.now_iso())
+                         started_at=rundir.now_iso())
         self.notifier.send(STATUS=f"Container {self.name} running, pid {self.pid}")
         for sig in self.pending_signals:
             self.deliver(sig)
@@ -528,7 +547,7 @@ class Monitor:
             return ""
         self.drain(0.5)
         line = self.last_stderr_line().strip()
-        if runtime.EXEC_FAILURE_LINE.match(line):
+        if runtime.is_exec_failure(line):
             return line.decode(errors="replace")
         return ""
 
@@ -543,11 +562,12 @@ class Monitor:
 
     def cleanup_runtime(self, cid: str = "") -> None:
         """Delete the runtime's state; --force kills anything the container left."""
-        with contextlib.suppress(spawn.CommandError):
-            self.wait_child(spawn.start(self.rt.argv("delete", "--force", cid or self.id),
-                                        stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL))
+        try:
+            self.wait_child(spawn.launch(self.rt.argv("delete", "--force", cid or self.id),
+                                         stdin=spawn.DEVNULL, stdout=spawn.DEVNULL,
+                                         stderr=spawn.DEVNULL))
+        except spawn.CommandError:
+            pass
 
     def finish(self, result: dict[str, Any], code: int) -> int:
         """Drain output, record the result, tell systemd; the monitor's exit code."""
@@ -562,9 +582,11 @@ class Monitor:
             # Everything the container wrote is in the journal before the exit record
             # says it ended (stream lines may even be queued behind the exit event).
             journal.sync()
-        result.setdefault("finished_at", records.now_iso())
+        result.setdefault("finished_at", rundir.now_iso())
         if self.opts.restart != "no" and (self.final or result.get("error")):
             code = EXIT_NO_RESTART
+        import resource  # here at the end: the running monitor need not hold it
+
         usage = [resource.getrusage(who) for who in
                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         result.update(name=self.name, id=self.id, pid=self.pid or None,
@@ -574,7 +596,7 @@ class Monitor:
                       # the monitor and the runtime commands it ran (runc create, ...)
                       monitor_cpu_seconds=round(sum(u.ru_utime + u.ru_stime for u in usage),
                                                 3))
-        records.write_json(self.dir / "exit.json", result)
+        rundir.write_json(self.path("exit.json"), result)
         self.write_state(status="exited")
         self.stdio.finish(result, self.loop_until)
         if result.get("error"):
@@ -585,8 +607,7 @@ class Monitor:
             self.notifier.send(STATUS=describe(result))
             self.event(describe(result), SDSHIM_EVENT="exited", SDSHIM_EXIT_CODE=str(code))
         if self.control is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.dir / "control")
+            self.control.close()
         return code
 
     def fail(self, message: str) -> int:
@@ -602,18 +623,20 @@ class Monitor:
             print(f"sdshim: {e}", file=sys.stderr)
             self.notifier.send(STATUS=f"Error: {e}")
             return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
+        self.starting = self.opts.start  # no start request can race --start's own
         error = self.create()
         if error:
             return self.fail(error)
-        if self.opts.start and not self.exited:
-            self.starting = True
+        # After `runc run` the command may have ended already: start() still looks into
+        # why (an execve failure is an error, not an exit status).
+        if self.run_detached or (self.opts.start and not self.exited):
             error = self.start()
             if error:
                 return self.fail(error)
             self.notifier.send(READY=1)
         else:
             if self.stop_requested_signal:
-                self.deliver(signal.SIGKILL)  # stopped while being created: never started
+                self.deliver(SIGKILL)  # stopped while being created: never started
             self.notifier.send(
                 READY=1, STATUS=f"Container {self.name} created, pid {self.pid}")
         self.loop_until(lambda: self.exited or bool(self.start_failure))
@@ -628,7 +651,7 @@ class Monitor:
         result: dict[str, Any] = {"error": None}
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            result.update(exit_code=128 + sig, signal=signal.Signals(sig).name)
+            result.update(exit_code=128 + sig, signal=signal_name(sig))
         else:
             result.update(exit_code=os.WEXITSTATUS(status), signal=None)
         # Before finish(): the runtime's delete removes the cgroup that holds the count.
@@ -656,6 +679,23 @@ def _how(code: int) -> str:
     if code < 0:
         return f"was killed by {signal_name(-code)}"
     return f"exited with status {code}"
+
+
+def signal_name(signum: int) -> str:
+    # sdshim.signals (with signal, and enum) only when a name is needed: at the end.
+    from sdshim import signals
+
+    return signals.signal_name(signum)
+
+
+def become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): the container, and whatever it orphans, become our
+    children once the runtime exits, not PID 1's. Through _ctypes, not ctypes, whose
+    types and caches would cost every monitor ~0.5 MB for this one call."""
+    import _ctypes
+
+    prctl = _ctypes.dlsym(_ctypes.dlopen(None), "prctl")  # type: ignore[arg-type]  # None: libc
+    _ctypes.call_function(prctl, (PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
 
 
 def _noop(_signum: int, _frame: object) -> None:
@@ -687,7 +727,7 @@ def _early(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     # First thing: a stop request during start-up must be kept, not kill the monitor.
     for sig in FORWARDED:
-        signal.signal(sig, _early)
+        _signal.signal(sig, _early)
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if not _executable(opts.runtime):
         print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)
@@ -706,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        with contextlib.suppress(Exception):
+        try:
             return monitor.fail(f"sdshim monitor failed: {e!r}")
-        return EXIT_RUNTIME
+        except Exception:
+            return EXIT_RUNTIME

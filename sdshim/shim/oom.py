@@ -8,11 +8,13 @@ cgroup, so the leaf is the only place to look. conmon reads the same counters.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from pathlib import Path
 
 from sdshim.shim.cgroup import CGROUP_FS
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from sdshim.rundir import StrPath
 
 # Files holding the oom_kill counter, by layout: unified (v2) first, then v1.
 _COUNTERS = (("unified", "memory.events"), ("", "memory.events"),
@@ -21,14 +23,15 @@ OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 MONITOR_OOM_SCORE_ADJ = -1000
 
 
-def kills(cgroup_path: str, root: Path = CGROUP_FS) -> int | None:
+def kills(cgroup_path: str, root: StrPath = CGROUP_FS) -> int | None:
     """OOM kills in the cgroup at cgroup_path (as in /proc/PID/cgroup); None if unknown."""
     if not cgroup_path:
         return None
     for mount, name in _COUNTERS:
-        path = root / mount / cgroup_path.lstrip("/") / name
+        path = os.path.join(root, mount, cgroup_path.lstrip("/"), name)
         try:
-            text = path.read_text()
+            with open(path) as f:
+                text = f.read()
         except OSError:
             continue
         for line in text.splitlines():
@@ -45,7 +48,7 @@ def protect_monitor() -> int | None:
     it, the container's exit status would be lost with it. Returns the score the
     monitor had, for the container to keep (None if it could not be changed).
     """
-    with contextlib.suppress(OSError, ValueError):
+    try:
         with open(OOM_SCORE_ADJ) as f:
             original = int(f.read())
         fd = os.open(OOM_SCORE_ADJ, os.O_WRONLY | os.O_CLOEXEC)
@@ -53,5 +56,6 @@ def protect_monitor() -> int | None:
             os.write(fd, str(MONITOR_OOM_SCORE_ADJ).encode())
         finally:
             os.close(fd)
-        return original
-    return None
+    except (OSError, ValueError):
+        return None
+    return original

@@ -8,14 +8,20 @@ every container ~2.7 ms of start-up and ~0.6 MB of private memory.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Callable
-from types import SimpleNamespace
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
+    import signal as _signal  # typeshed has no _signal: the same names, typed
+    from collections.abc import Callable
+    from types import SimpleNamespace
     from typing import NoReturn
+else:
+    import _signal  # signal's C half: signal makes enums of it all (~0.9 MB)
+
+    # types.SimpleNamespace (sys.implementation is one, as documented), without
+    # importing types (~50 KB).
+    SimpleNamespace = type(sys.implementation)
 
 PROG = "sdshim-monitor"
 USAGE_EXIT = 2  # as argparse
@@ -47,7 +53,7 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--unit": (str, ""),  # default: $SDSHIM_UNIT
     "--start": (_flag, False),  # start right after create
     "--stop-timeout": (float, 10.0),
-    "--stop-signal": (int, int(signal.SIGTERM)),
+    "--stop-signal": (int, _signal.SIGTERM),
     "--tag": (str, ""),
     "--restart": (_restart_policy, "no"),  # the unit's Restart=: decides final exits
     "--log-max-line": (int, 0),  # 0: the monitor's default

@@ -5,10 +5,13 @@ send per line."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 
-from sdshim.shim.crilog import CriLog
-from sdshim.shim.journal import JournalWriter
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sdshim.shim.crilog import CriLog  # only with --log-path: imported there
+    from sdshim.shim.journal import JournalWriter
 
 PARTIAL_FIELD = b"CONTAINER_PARTIAL_MESSAGE=true\n"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
+import os
 
+from sdshim import leanjson
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
 
 TYPE_CHECKING = False  # the monitor's start-up skips `typing` (see tests/test_footprint.py)
@@ -15,14 +14,14 @@ if TYPE_CHECKING:
 
 class Runtime:
     # A plain class: dataclasses imports inspect, which costs the monitor ~4 ms per start.
-    def __init__(self, path: str, root: Path, log: Path) -> None:
+    def __init__(self, path: str, root: str, log: str) -> None:
         self.path = path
         self.root = root
         self.log = log
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return os.path.basename(self.path)
 
     @property
     def places_processes(self) -> bool:
@@ -32,19 +31,20 @@ class Runtime:
 
     def argv(self, *args: str) -> list[str]:
         extra = ["--cgroup-manager=disabled"] if self.name == "crun" else []
-        return [self.path, "--root", str(self.root), "--log", str(self.log),
+        return [self.path, "--root", self.root, "--log", self.log,
                 "--log-format", "json", *extra, *args]
 
     def last_error(self) -> str:
         """The message of the last error the runtime logged (JSON log lines)."""
         msg = ""
         try:
-            text = self.log.read_text(errors="replace")
+            with open(self.log, errors="replace") as f:
+                text = f.read()
         except OSError:
             return ""
         for line in text.splitlines():
             try:
-                entry = json.loads(line)
+                entry = leanjson.loads(line)
             except ValueError:
                 continue
             if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
@@ -52,7 +52,7 @@ class Runtime:
         return msg
 
 
-def write_config(bundle: Path, target: Path, cgroups_path: str,
+def write_config(bundle: str, target: str, cgroups_path: str,
                  oom_score_adj: int | None = None, terminal: bool = False) -> dict[str, Any]:
     """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup,
     with a terminal (through the console socket) or stdio pipes as asked for.
@@ -60,41 +60,54 @@ def write_config(bundle: Path, target: Path, cgroups_path: str,
     oom_score_adj: the container's, unless the bundle sets one (the monitor lowers its
     own, and the container must not inherit that).
     """
-    with open(bundle / "config.json") as f:
-        config: dict[str, Any] = json.load(f)
+    with open(os.path.join(bundle, "config.json"), "rb") as f:
+        config: dict[str, Any] = leanjson.loads(f.read().decode())
     root = config.setdefault("root", {})
-    root["path"] = str((bundle / root.get("path", "rootfs")).resolve())
+    root["path"] = os.path.realpath(os.path.join(bundle, root.get("path", "rootfs")))
     if cgroups_path:
         config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
     process = config.setdefault("process", {})
     process["terminal"] = terminal  # -t, not the bundle's wish: it decides how we do stdio
     if oom_score_adj is not None:
         process.setdefault("oomScoreAdj", oom_score_adj)
-    target.mkdir(exist_ok=True)
-    with open(target / "config.json", "w") as f:
-        json.dump(config, f)
+    try:
+        os.mkdir(target)
+    except FileExistsError:
+        pass
+    with open(os.path.join(target, "config.json"), "w") as f:
+        f.write(leanjson.dumps(config))
     return config
 
 
 # What runc and crun say when the command cannot be run, and the exit code it means.
+# (Patterns, compiled where used: re costs the monitor ~1 MB, and only failures need it.)
 _EXEC_ERRORS = (
-    (re.compile(r"executable file not found|no such file or directory|not found in \$PATH",
-                re.I), EXIT_NOT_FOUND),
-    (re.compile(r"permission denied|exec format error|is a directory|not executable", re.I),
+    (r"executable file not found|no such file or directory|not found in \$PATH",
+     EXIT_NOT_FOUND),
+    (r"permission denied|exec format error|is a directory|not executable",
      EXIT_NOT_EXECUTABLE),
 )
 # After `start`, an execve failure is printed by the runtime's init on the container's
 # stderr, e.g. "exec /foreign: exec format error", and the process exits 255.
-EXEC_FAILURE_LINE = re.compile(rb"^exec (.+): ([a-z][a-z ]+)$")
+_EXEC_FAILURE_LINE = rb"^exec (.+): ([a-z][a-z ]+)$"
 
 
 def classify(message: str) -> int:
     """125/126/127 by the docker convention, from the runtime's error message."""
     if "exec" in message:
+        import re
+
         for pattern, code in _EXEC_ERRORS:
-            if pattern.search(message):
+            if re.search(pattern, message, re.I):
                 return code
     return EXIT_RUNTIME
+
+
+def is_exec_failure(line: bytes) -> bool:
+    """Whether line is the runtime init's report of a failed execve."""
+    import re
+
+    return re.match(_EXEC_FAILURE_LINE, line) is not None
 
 
 def clean_message(message: str) -> str:

@@ -8,20 +8,25 @@ the attach server stops reading its clients until the container catches up.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import selectors
-from collections.abc import Callable
+
+from sdshim.shim.poller import EVENT_WRITE
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sdshim.shim.poller import Poller
 
 LIMIT = 1 << 20
 
 
 class Stdin:
-    def __init__(self, sel: selectors.BaseSelector, fd: int, *, close_on_eof: bool,
+    def __init__(self, poller: Poller, fd: int, *, close_on_eof: bool,
                  on_drain: Callable[[], None]) -> None:
         """fd: the pipe's write end, or (terminal) a duplicate of the pty master."""
-        self.sel = sel
+        self.poller = poller
         self.fd = fd
         os.set_blocking(fd, False)
         # A pipe is closed at the client's EOF; a terminal gets its EOF as a ^D typed
@@ -71,9 +76,9 @@ class Stdin:
         want = bool(self.pending) and self.open
         if want != self.registered:
             if want:
-                self.sel.register(self.fd, selectors.EVENT_WRITE, self._flush)
+                self.poller.register(self.fd, EVENT_WRITE, self._flush)
             else:
-                self.sel.unregister(self.fd)
+                self.poller.unregister(self.fd)
             self.registered = want
         if not self.pending:
             if self.eof:
@@ -84,8 +89,10 @@ class Stdin:
         if not self.open:
             return
         if self.registered:
-            self.sel.unregister(self.fd)
+            self.poller.unregister(self.fd)
             self.registered = False
-        with contextlib.suppress(OSError):
+        try:
             os.close(self.fd)
+        except OSError:
+            pass
         self.fd = -1

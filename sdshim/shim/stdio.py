@@ -4,35 +4,43 @@ Every monitor serves the attach socket (watching output needs no option); `-i` k
 the container's stdin open for attach clients; `-t` asks the runtime for a pty and
 takes its master through the console socket. The monitor's own loop still reads the
 output (the pipes, or the master as one more stream) and hands each chunk to output().
+
+Only the listening socket is made up front: the attach server, the stdin queue and the
+console are imported when first needed, as most containers never see a client, a
+terminal or stdin, and each imported module costs every monitor memory.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import os
-import selectors
-import subprocess
-from collections.abc import Callable
-from pathlib import Path
 
-from sdshim.shim.attach import AttachServer
-from sdshim.shim.console import DEFAULT_SIZE, ConsoleSocket, set_size
-from sdshim.shim.stdin import Stdin
+from sdshim import spawn
+from sdshim.shim.listener import Listener
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    from sdshim.shim.attach import AttachServer
+    from sdshim.shim.console import ConsoleSocket
+    from sdshim.shim.poller import Poller
+    from sdshim.shim.stdin import Stdin
 
 # How long the end of the container waits for attach clients to take its last output.
 FLUSH_TIMEOUT = 2.0
 ATTACH_SOCKET = "attach"
 CONSOLE_SOCKET = "console"
+# Until a client says otherwise: a terminal without a size confuses full-screen
+# programs (and busybox stty), so start with the classic one.
+DEFAULT_SIZE = (24, 80)
 
 
 class Stdio:
-    def __init__(self, sel: selectors.BaseSelector, directory: Path, *, tty: bool,
+    def __init__(self, poller: Poller, directory: str, *, tty: bool,
                  stdin: bool, on_terminal: Callable[[int], None]) -> None:
-        self.sel = sel
+        self.poller = poller
         self.dir = directory
         self.tty = tty
         self.want_stdin = stdin
@@ -40,29 +48,43 @@ class Stdio:
         self.size = DEFAULT_SIZE
         self.master = -1  # our own duplicate of the pty master, for resizes
         self.stdin: Stdin | None = None
-        self.attach: AttachServer | None = None
+        self.listener: Listener | None = None
+        self.attach: AttachServer | None = None  # from the first client on
         self.console: ConsoleSocket | None = None
         self._stdin_r = -1
 
     def listen(self) -> None:
-        sel = self.sel
-        self.attach = AttachServer(sel, self.dir / ATTACH_SOCKET, on_input=self._input,
-                                   on_resize=self.resize, on_eof=self._eof,
-                                   input_full=self._input_full)
+        self.listener = Listener(self.poller, os.path.join(self.dir, ATTACH_SOCKET),
+                                 _socket.SOCK_SEQPACKET, 16, self._on_client)
         if self.tty:
-            self.console = ConsoleSocket(sel, self.dir / CONSOLE_SOCKET, self._on_master)
+            from sdshim.shim.console import ConsoleSocket
+
+            self.console = ConsoleSocket(self.poller, os.path.join(self.dir, CONSOLE_SOCKET),
+                                         self._on_master)
+
+    def _on_client(self, conn: _socket.socket) -> None:
+        if self.attach is None:
+            from sdshim.shim.attach import AttachServer
+
+            self.attach = AttachServer(self.poller, on_input=self._input,
+                                       on_resize=self.resize, on_eof=self._eof,
+                                       input_full=self._input_full)
+        self.attach.accepted(conn)
 
     # --- around the runtime command that makes the process -----------------------------
 
     def runtime_args(self) -> list[str]:
-        return ["--console-socket", str(self.dir / CONSOLE_SOCKET)] if self.tty else []
+        return ["--console-socket", os.path.join(self.dir, CONSOLE_SOCKET)] if self.tty \
+            else []
 
     def runtime_stdin(self) -> int:
         """The stdin to give the runtime (the container inherits it in pipe mode)."""
         if not self.want_stdin or self.tty:
-            return subprocess.DEVNULL
+            return spawn.DEVNULL
+        from sdshim.shim.stdin import Stdin
+
         self._stdin_r, write_end = os.pipe2(os.O_CLOEXEC)
-        self.stdin = Stdin(self.sel, write_end, close_on_eof=True, on_drain=self._drained)
+        self.stdin = Stdin(self.poller, write_end, close_on_eof=True, on_drain=self._drained)
         return self._stdin_r
 
     def after_spawn(self) -> None:
@@ -76,10 +98,11 @@ class Stdio:
     def _on_master(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.master = os.dup(fd)
-        with contextlib.suppress(OSError):
-            set_size(fd, *self.size)
+        self._set_size(fd)
         if self.want_stdin:
-            self.stdin = Stdin(self.sel, os.dup(fd), close_on_eof=False,
+            from sdshim.shim.stdin import Stdin
+
+            self.stdin = Stdin(self.poller, os.dup(fd), close_on_eof=False,
                                on_drain=self._drained)
         self.on_terminal(fd)
 
@@ -103,8 +126,15 @@ class Stdio:
     def resize(self, rows: int, cols: int) -> None:
         self.size = (rows, cols)
         if self.master >= 0:
-            with contextlib.suppress(OSError):  # the terminal is gone with the container
-                set_size(self.master, rows, cols)
+            self._set_size(self.master)
+
+    def _set_size(self, fd: int) -> None:
+        from sdshim.shim.console import set_size  # a terminal's: imported with -t already
+
+        try:
+            set_size(fd, *self.size)
+        except OSError:
+            pass  # the terminal is gone with the container
 
     def output(self, kind: int, data: bytes) -> None:
         if self.attach is not None:
@@ -121,7 +151,7 @@ class Stdio:
         self.close()
 
     def close(self) -> None:
-        for part in (self.attach, self.console, self.stdin):
+        for part in (self.attach, self.listener, self.console, self.stdin):
             if part is not None:
                 part.close()
         if self.master >= 0:

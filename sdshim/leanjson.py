@@ -1,0 +1,72 @@
+"""JSON for the monitor, through the standard library's C accelerator (_json) alone.
+
+The json package imports re (and with it enum, functools, ...) for its pure-Python
+fallbacks: about 1.2 MB of private memory and 3 ms in every monitor, which reads the
+bundle's config.json and writes its records on every start. json itself uses the same
+C encoder and scanner when they are there, so the results are json's, byte for byte:
+dumps() is json.dumps() with its defaults, loads() is json.loads() on a str.
+"""
+
+from __future__ import annotations
+
+import _json
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+_WHITESPACE = " \t\n\r"  # JSON's own, not str.strip()'s wider idea of it
+
+
+def _unserializable(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json.JSONEncoder() with its defaults: no circular check (records are flat), ASCII,
+# separators ", " and ": ", keys in insertion order, NaN allowed.
+_encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,
+                             ": ", ", ", False, False, True)
+
+
+class _Options:
+    """What the C scanner reads from json.JSONDecoder: its defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                      "NaN": float("nan")}.__getitem__
+
+
+_scan = _json.make_scanner(_Options())  # type: ignore[arg-type]  # typeshed: a JSONDecoder
+
+
+def dumps(obj: object) -> str:
+    return "".join(_encode(obj, 0))
+
+
+def loads(text: str) -> Any:
+    """The value text holds; json.JSONDecodeError (a ValueError) if it is not JSON."""
+    if text.startswith("\ufeff"):
+        _fail("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    try:
+        obj, end = _scan(text, _skip_whitespace(text, 0))
+    except StopIteration as e:
+        _fail("Expecting value", text, e.value)
+    end = _skip_whitespace(text, end)
+    if end != len(text):
+        _fail("Extra data", text, end)
+    return obj
+
+
+def _skip_whitespace(text: str, pos: int) -> int:
+    return len(text) - len(text[pos:].lstrip(_WHITESPACE))
+
+
+def _fail(message: str, text: str, pos: int) -> NoReturn:
+    # json's own error (the C scanner raises it too); json is imported only now.
+    from json import JSONDecodeError
+
+    raise JSONDecodeError(message, text, pos) from None
