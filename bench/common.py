@@ -111,13 +111,15 @@ def sdshim_cli() -> list[str]:
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], str]:
+def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], dict[str, str], str]:
     """`sdshim` as users get it, and what it is: this checkout installed as a regular
     package (byte-compiled, no editable-install hook) for the system python3, with the
     system's dbus-fast. The editable install next to sys.executable would add the .pth
     files of the developer's site-packages (~13 ms a call here) to every timing.
     Made once per scratch directory and checkout (repo: another one, to compare); the
-    monitor it starts runs from it too."""
+    monitor it starts runs from it too. Returns the command, the environment to run it
+    in (without the PYTHONPATH the benchmarks run with, which would put the checkout
+    before the installed copy), and what it is, for the report."""
     venv = scratch / f"cli-venv-{repo.name}"
     script = venv / "bin" / "sdshim"
     if not script.exists():
@@ -135,8 +137,9 @@ def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], str]:
                   timeout=300)
     version = spawn.run([SYSTEM_PYTHON, "-c", "import platform; "
                          "print(platform.python_version())"]).stdout.decode().strip()
-    return [str(script)], (f"{script}: regular install of {repo} for "
-                           f"{SYSTEM_PYTHON} {version} (venv, system site-packages)")
+    return ([str(script)], spawn.environ_without("PYTHONPATH"),
+            f"{script}: regular install of {repo} for {SYSTEM_PYTHON} {version} (venv, "
+            "system site-packages)")
 
 
 def podman_env(scratch: Path) -> dict[str, str]:

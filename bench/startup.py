@@ -25,16 +25,17 @@ from sdshim.naming import unit_name
 Timed = Callable[[int], float]
 
 
-def sdshim_run(scratch: Path, ready: list[float], cli: list[str]) -> Timed:
+def sdshim_run(scratch: Path, ready: list[float], cli: list[str],
+               env: dict[str, str]) -> Timed:
     bundle = common.make_bundle(scratch, "sdshim", common.IDLE_ARGS)
 
     def once(i: int) -> float:
         name = f"bench-{i}-{secrets.token_hex(3)}"
         t0 = time.perf_counter()
-        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)])
+        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)], env=env)
         elapsed = common.ms_since(t0)
         ready.append(exec_to_ready_ms(unit_name(name)))
-        spawn.run([*cli, "delete", "--force", name])
+        spawn.run([*cli, "delete", "--force", name], env=env)
         return elapsed
 
     return once
@@ -116,9 +117,9 @@ def systemd_run_floor(scratch: Path) -> Timed:
 def measure(scratch: Path, runs: int) -> dict[str, Any]:
     ready: list[float] = []
     sync: list[float] = []
-    cli, installed = common.installed_cli(scratch)
+    cli, env, installed = common.installed_cli(scratch)
     methods: dict[str, Timed] = {
-        "sdshim": sdshim_run(scratch, ready, cli),
+        "sdshim": sdshim_run(scratch, ready, cli, env),
         "podman": podman_run(scratch),
         "conmon": conmon_run(scratch, sync),
         "runc": runc_floor(scratch),

@@ -8,7 +8,6 @@ when needed. Keep the imports here cheap: every command pays for them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import sys
@@ -28,6 +27,7 @@ from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach
 
 TYPE_CHECKING = False  # `typing` costs every command ~2 ms; only mypy needs it here
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Callable, Coroutine, Sequence
     from typing import Any
 
@@ -233,6 +233,8 @@ async def _print_logs(m: Any, name: str, args: argparse.Namespace,
         match = logs.matches(status, args.stream)
     reader = logs.Reader(match, stream=args.stream, since=args.since,
                          execs=exec_dir is not None)
+    import contextlib
+
     async with contextlib.aclosing(reader.lines(follow=args.follow, tail=args.tail,
                                                 ended=ended)) as batches:
         async for batch in batches:
@@ -329,6 +331,8 @@ def _feeding(args: argparse.Namespace, directory: Path,
     from sdshim.units import attach
 
     if not args.interactive:
+        import contextlib
+
         return contextlib.nullcontext()
     return attach.feed_stdin(directory, what)
 

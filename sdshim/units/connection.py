@@ -8,9 +8,11 @@ kept in arrival order for whoever waits for one.
 
 from __future__ import annotations
 
+# _socket, not socket: the wrapper module's enums and selectors cost every `sdshim
+# create` ~1 ms, and this needs only connect, sendall, recv and timeouts.
+import _socket
 import os
 import re
-import socket
 import time
 
 from sdshim.errors import SystemdError
@@ -81,7 +83,7 @@ def _unescape(value: str) -> str:
 class Connection:
     """One authenticated connection; not thread-safe, one caller at a time."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.serial = 0
         self.buffer = bytearray()
@@ -92,7 +94,7 @@ class Connection:
     def system(cls, timeout: float = CALL_TIMEOUT) -> Connection:
         """Connected to the system bus, authenticated and registered (Hello)."""
         path = system_bus_socket()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
             sock.connect(path)
