@@ -122,12 +122,13 @@ def unit_error(unit: str, what: str, result: str, props: dict[str, Any] | None) 
 
 
 def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
-           start: bool = False, timeout: float | None = None, **options: Any) -> str:
-    """Manager.create over a blocking connection; the container's name."""
+           start: bool = False, **options: Any) -> str:
+    """Manager.create over a blocking connection; the container's name. The job ends
+    at READY=1, or when the unit fails or its start times out (TimeoutStartSec)."""
     spec = container_spec(bundle, name, runtime, start, options)
     with BlockingSystemd.connect() as systemd:
         try:
-            result = systemd.start_transient(spec.unit, spec.unit_properties(), timeout)
+            result = systemd.start_transient(spec.unit, spec.unit_properties())
         except BusCallError as e:
             raise refused_error(spec.unit, e, spec.name) from None
         if result != "done":
