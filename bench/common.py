@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,41 @@ def sdshim_cli() -> list[str]:
     """The `sdshim` command as users run it: the installed script next to our python."""
     script = Path(sys.executable).with_name("sdshim")
     return [str(script)] if script.exists() else [sys.executable, "-m", "sdshim"]
+
+
+# The interpreter the distro package runs `sdshim` with (python3 + python3-dbus-fast).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], dict[str, str], str]:
+    """`sdshim` as users get it, and what it is: this checkout installed as a regular
+    package (byte-compiled, no editable-install hook) for the system python3, with the
+    system's dbus-fast. The editable install next to sys.executable would add the .pth
+    files of the developer's site-packages (~13 ms a call here) to every timing.
+    Made once per scratch directory and checkout (repo: another one, to compare); the
+    monitor it starts runs from it too. Returns the command, the environment to run it
+    in (without the PYTHONPATH the benchmarks run with, which would put the checkout
+    before the installed copy), and what it is, for the report."""
+    venv = scratch / f"cli-venv-{repo.name}"
+    script = venv / "bin" / "sdshim"
+    if not script.exists():
+        # Installed from a copy: an in-tree build would leave build/ in the checkout.
+        source = scratch / f"cli-source-{repo.name}"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(repo / "sdshim", source / "sdshim",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(repo / name, source / name)
+        spawn.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv)],
+                  timeout=300)
+        spawn.run([str(venv / "bin" / "python3"), "-m", "pip", "install", "--quiet",
+                   "--no-index", "--no-deps", "--no-build-isolation", str(source)],
+                  timeout=300)
+    version = spawn.run([SYSTEM_PYTHON, "-c", "import platform; "
+                         "print(platform.python_version())"]).stdout.decode().strip()
+    return ([str(script)], spawn.environ_without("PYTHONPATH"),
+            f"{script}: regular install of {repo} for {SYSTEM_PYTHON} {version} (venv, "
+            "system site-packages)")
 
 
 def podman_env(scratch: Path) -> dict[str, str]:

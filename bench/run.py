@@ -157,7 +157,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
                          f"{s['median'] / floor:.2f}", f"{s['median'] / podman:.2f}"])
         out += [f"### 1. Start latency, call until the container runs (ms, {runs} runs)", "",
                 table(["method", "median", "min", "max", "x runc floor", "x podman"], rows),
-                ""]
+                "", f"sdshim timed as: {lat.get('sdshim_cli', common.sdshim_cli()[0])}", ""]
         ready, sync = lat["monitor_exec_to_ready"], lat["conmon_launch_to_sync"]
         out += [table(["monitor start-up", "median", "min", "max"], [
             ["sdshim monitor: exec → READY=1 (create + start + exec seen)", ms(ready["median"]),

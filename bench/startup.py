@@ -3,7 +3,8 @@
     python3 -m bench.startup SCRATCH [--runs N]
 
 Every method starts the same busybox bundle (`sleep`) and is timed from the call
-until the container runs; the containers are removed between runs, untimed. Prints
+until the container runs; the containers are removed between runs, untimed. sdshim
+is timed as a package installs it (common.installed_cli), monitor included. Prints
 one JSON object.
 """
 
@@ -24,17 +25,17 @@ from sdshim.naming import unit_name
 Timed = Callable[[int], float]
 
 
-def sdshim_run(scratch: Path, ready: list[float]) -> Timed:
+def sdshim_run(scratch: Path, ready: list[float], cli: list[str],
+               env: dict[str, str]) -> Timed:
     bundle = common.make_bundle(scratch, "sdshim", common.IDLE_ARGS)
-    cli = common.sdshim_cli()
 
     def once(i: int) -> float:
         name = f"bench-{i}-{secrets.token_hex(3)}"
         t0 = time.perf_counter()
-        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)])
+        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)], env=env)
         elapsed = common.ms_since(t0)
         ready.append(exec_to_ready_ms(unit_name(name)))
-        spawn.run([*cli, "delete", "--force", name])
+        spawn.run([*cli, "delete", "--force", name], env=env)
         return elapsed
 
     return once
@@ -116,8 +117,9 @@ def systemd_run_floor(scratch: Path) -> Timed:
 def measure(scratch: Path, runs: int) -> dict[str, Any]:
     ready: list[float] = []
     sync: list[float] = []
+    cli, env, installed = common.installed_cli(scratch)
     methods: dict[str, Timed] = {
-        "sdshim": sdshim_run(scratch, ready),
+        "sdshim": sdshim_run(scratch, ready, cli, env),
         "podman": podman_run(scratch),
         "conmon": conmon_run(scratch, sync),
         "runc": runc_floor(scratch),
@@ -133,6 +135,7 @@ def measure(scratch: Path, runs: int) -> dict[str, Any]:
         if i:
             common.log(f"start latency: round {i}/{runs}")
     return {
+        "sdshim_cli": installed,
         "latency": {k: common.summary(v) for k, v in times.items()},
         "monitor_exec_to_ready": common.summary(ready[1:]),
         "conmon_launch_to_sync": common.summary(sync[1:]),

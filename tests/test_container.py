@@ -275,6 +275,9 @@ def test_bad_input_is_refused_and_leaves_nothing(bed: Bed, name: str,
         (["logs", "sdt-nosuch"], 125, "no such container"),
         (["delete", "sdt-nosuch"], 125, "no such container"),
     ]
+    # create and run -d take the blocking path, attached run the asyncio one: same errors.
+    cases += [([*quick, *args[1:]], code, message) for args, code, message in cases
+              if args[0] == "run" for quick in (["create"], ["run", "-d"])]
     for args, code, message in cases:
         out = bed.sdshim(*args)
         assert out.returncode == code, (args, out.stderr)
@@ -283,9 +286,37 @@ def test_bad_input_is_refused_and_leaves_nothing(bed: Bed, name: str,
     # A duplicate name is refused and the first container is untouched.
     assert bed.sdshim("run", "-d", "--name", name, str(make_bundle("sleep", "100"))
                       ).returncode == 0
-    dup = bed.sdshim("run", "--name", name, str(bundle))
-    assert dup.returncode == 125 and "already exists" in one_line_error(dup)
+    for command in (["run"], ["create"], ["run", "-d"]):
+        dup = bed.sdshim(*command, "--name", name, str(bundle))
+        assert dup.returncode == 125 and "already exists" in one_line_error(dup)
     assert status(bed, name)["state"] == "running"
+
+
+def test_a_unit_systemd_still_has_is_an_existing_container(bed: Bed, name: str,
+                                                            make_bundle: Any) -> None:
+    # No records (they are gone), but systemd still has the unit: UnitExists from
+    # StartTransientUnit, said the same way as for records that exist.
+    bundle = make_bundle("sleep", "100")
+    assert bed.sdshim("run", "-d", "--name", name, str(bundle)).returncode == 0
+    assert bed.run(["rm", "-rf", f"/run/sdshim/{name}"]).returncode == 0
+    for command in (["run"], ["create"], ["run", "-d"]):
+        dup = bed.sdshim(*command, "--name", name, str(bundle))
+        assert dup.returncode == 125, dup.stderr
+        assert f"container {name} already exists; delete it" in one_line_error(dup)
+    assert bed.show(f"sdshim-{name}.service", "ActiveState")["ActiveState"] == "active"
+
+
+def test_systemds_refusal_reaches_the_user_as_one_line(bed: Bed, name: str,
+                                                       make_bundle: Any) -> None:
+    bundle = make_bundle("true")
+    for command in (["create"], ["run", "-d"], ["run"]):
+        # -p checks the form; systemd checks the range and answers with a D-Bus error.
+        out = bed.sdshim(*command, "--name", name, "-p", "Nice=100", str(bundle))
+        assert out.returncode == 125, out.stderr
+        err = one_line_error(out)
+        assert f"systemd refused to start sdshim-{name}.service: " in err
+        assert "nice" in err.lower(), err
+        assert_clean(bed, name)
 
 
 def test_delete_refuses_running_without_force(bed: Bed, name: str, make_bundle: Any) -> None:

@@ -6,12 +6,15 @@ what can be checked without a stopwatch.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
 import subprocess
 import time
 from typing import Any
+
+import pytest
 
 from sdshim.errors import EXIT_RUNTIME
 from sdshim.units.spec import monitor_command
@@ -149,3 +152,37 @@ def test_monitor_memory_stays_bounded_under_a_log_stream(bed: Bed, name: str,
     assert lines.stdout.count(b"\n") >= total // 1024, "output went missing"
     growth = peak["Private_Dirty"] - idle["Private_Dirty"]
     assert growth < 8 * 1024, f"monitor Private_Dirty grew {growth} kB during 32 MB of output"
+
+
+# --- the CLI's quick path: create and run -d ------------------------------------------
+
+# Run the CLI in-process after a snapshot of what the interpreter loaded by itself, so
+# what site and the test's interpreter bring in does not count.
+CLI_PROBE = """
+import json, sys
+before = set(sys.modules)
+from sdshim.units.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print(json.dumps({"code": code, "new": sorted(set(sys.modules) - before)}))
+"""
+# What `create` and `run -d` must not import: asyncio and a D-Bus library cost ~30 ms
+# of every start; the others are convenience imports worth ~1-4 ms each.
+CLI_FORBIDDEN = {"asyncio", "concurrent", "ssl", "dbus_fast", "typing", "dataclasses",
+                 "inspect", "secrets", "hashlib", "subprocess"}
+
+
+@pytest.mark.parametrize("command", [["run", "-d"], ["create"]])
+def test_create_and_run_d_import_no_asyncio_or_dbus_library(
+        bed: Bed, name: str, make_bundle: Any, command: list[str]) -> None:
+    bundle = make_bundle("sleep", "100")
+    out = bed.run([sys.executable, "-c", CLI_PROBE, *command, "--name", name, str(bundle)])
+    assert out.returncode == 0, out.stderr.decode()
+    printed, probe = out.stdout.decode().splitlines()
+    assert printed == name
+    result = json.loads(probe)
+    assert result["code"] == 0
+    heavy = sorted(n for n in result["new"] if n.split(".")[0] in CLI_FORBIDDEN)
+    assert not heavy, (f"`sdshim {' '.join(command)}` imports {heavy}: import them lazily "
+                       "where the other commands need them")
+    assert "sdshim.units.creation" in result["new"]

@@ -19,9 +19,9 @@ from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import LineSplitter, encode_entry, encode_field
 from sdshim.units import spec
-from sdshim.units.bus import unit_path
 from sdshim.units.cli import parse_signal
 from sdshim.units.logs import ExportParser, Reassembler, parse_export
+from sdshim.units.systemd1 import unit_path
 from sdshim.units.terminal import DetachKeys, parse_detach_keys
 
 
@@ -89,12 +89,14 @@ def test_line_splitter_reassembles_exactly() -> None:
 
 
 def test_properties_parse_to_dbus_names_and_types() -> None:
-    props = dict(spec.parse_properties(["MemoryMax=64M", "CPUQuota=50%", "TasksMax=20",
-                                        "MemoryHigh=infinity"]))
-    assert props["MemoryMax"].signature == "t" and props["MemoryMax"].value == 64 << 20
-    assert props["CPUQuotaPerSecUSec"].value == 500_000
-    assert props["TasksMax"].value == 20
-    assert props["MemoryHigh"].value == spec.UINT64_MAX
+    parsed = spec.parse_properties(["MemoryMax=64M", "CPUQuota=50%", "TasksMax=20",
+                                     "MemoryHigh=infinity"])
+    assert {sig for _name, sig, _value in parsed} == {"t"}
+    props = {name: value for name, _sig, value in parsed}
+    assert props["MemoryMax"] == 64 << 20
+    assert props["CPUQuotaPerSecUSec"] == 500_000
+    assert props["TasksMax"] == 20
+    assert props["MemoryHigh"] == spec.UINT64_MAX
 
 
 @pytest.mark.parametrize("item, message", [
@@ -108,16 +110,16 @@ def test_bad_properties_name_the_problem(item: str, message: str) -> None:
 
 def test_unit_properties_shape() -> None:
     s = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="/usr/sbin/runc")
-    props = dict(s.unit_properties())
-    assert props["Type"].value == "notify"
-    assert props["RemainAfterExit"].value is True
-    assert props["Delegate"].value is True
-    assert props["Slice"].value == "sdshim.slice"
-    assert "web" in props["Description"].value
-    (path, argv, ignore), = props["ExecStart"].value
+    props = {name: value for name, _sig, value in s.unit_properties()}
+    assert props["Type"] == "notify"
+    assert props["RemainAfterExit"] is True
+    assert props["Delegate"] is True
+    assert props["Slice"] == "sdshim.slice"
+    assert "web" in props["Description"]
+    (path, argv, ignore), = props["ExecStart"]
     assert argv[0] == path and argv[1:3] == ["-I", "-S"] and ignore is False
     assert argv[3].endswith("/sdshim/shim/__main__.py")
-    assert props["LogRateLimitBurst"].value >= 10_000_000
+    assert props["LogRateLimitBurst"] >= 10_000_000
 
 
 @pytest.mark.parametrize("message, code", [
@@ -191,7 +193,7 @@ def test_restart_policy_properties(policy: str, remain: bool) -> None:
 
     s = spec.ContainerSpec(name="x", id="0" * 64, bundle=Path("/b"), runtime="/usr/bin/runc",
                            restart=policy, restart_delay=0.5)
-    props = {k: v.value for k, v in s.unit_properties()}
+    props = {name: value for name, _sig, value in s.unit_properties()}
     assert props["RemainAfterExit"] is remain
     argv = props["ExecStart"][0][1]
     assert argv[argv.index("--restart") + 1] == policy
@@ -205,7 +207,7 @@ def test_restart_policy_properties(policy: str, remain: bool) -> None:
 
 def test_stop_signal_from_annotation() -> None:
     from sdshim.errors import BundleError
-    from sdshim.units.manager import STOP_SIGNAL_ANNOTATION, bundle_stop_signal
+    from sdshim.units.creation import STOP_SIGNAL_ANNOTATION, bundle_stop_signal
 
     path = Path("/b/config.json")
     assert bundle_stop_signal({}, path) == 15
@@ -286,9 +288,9 @@ def test_log_options_reach_the_monitor_and_the_unit() -> None:
     for option, value in (("--log-path", "/tmp/web.log"), ("--log-size-max", "4096"),
                           ("--log-max-line", "1000")):
         assert argv[argv.index(option) + 1] == value
-    props = dict(s.unit_properties())
-    assert props["LogRateLimitBurst"].value == 500
-    assert props["LogRateLimitIntervalUSec"].value == 10_000_000
+    props = {name: value for name, _sig, value in s.unit_properties()}
+    assert props["LogRateLimitBurst"] == 500
+    assert props["LogRateLimitIntervalUSec"] == 10_000_000
     stream = spec.ContainerSpec(name="web", id="0" * 64, bundle=Path("/b"), runtime="runc",
                                 log_driver="stream")
     assert stream.monitor_argv()[-2:] == ["--log-driver", "stream"]

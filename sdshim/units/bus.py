@@ -8,41 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from sdshim.errors import SystemdError
+from sdshim.units.connection import BusCallError, unreachable
+from sdshim.units.systemd1 import (
+    JOB_REMOVED_MATCH,
+    MANAGER,
+    NO_SUCH_UNIT,
+    NOT_LOADED,
+    PROPERTIES,
+    SERVICE,
+    START_TRANSIENT,
+    SYSTEMD,
+    SYSTEMD_PATH,
+    UNIT,
+    loaded,
+    unit_path,
+)
 
-SYSTEMD = "org.freedesktop.systemd1"
-SYSTEMD_PATH = "/org/freedesktop/systemd1"
-MANAGER = "org.freedesktop.systemd1.Manager"
-UNIT = "org.freedesktop.systemd1.Unit"
-SERVICE = "org.freedesktop.systemd1.Service"
-PROPERTIES = "org.freedesktop.DBus.Properties"
-NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
-UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
+if TYPE_CHECKING:
+    from sdshim.units.spec import Property
+
 # dbus-daemon refuses calls beyond max_replies_per_connection (128 by default) awaiting
 # replies on one connection; above this many, calls wait for a slot instead of failing.
 MAX_PENDING_CALLS = 64
-
-
-class BusCallError(SystemdError):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-
-
-def unit_path(unit: str) -> str:
-    """The object path systemd gives a unit (sd_bus_path_encode)."""
-    out = []
-    for ch in unit:
-        if ch.isascii() and (ch.isalnum()):
-            out.append(ch)
-        else:
-            out.append(f"_{ord(ch):02x}")
-    return f"{SYSTEMD_PATH}/unit/{''.join(out)}"
 
 
 class Systemd:
@@ -62,11 +54,7 @@ class Systemd:
         try:
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except (OSError, Exception) as e:
-            raise SystemdError(
-                f"cannot connect to the system bus ({e}); is systemd running as PID 1 "
-                "with dbus? (on a host without it, use the test bed: "
-                "python3 -m sdshim.testbed -- sdshim ...)"
-            ) from e
+            raise unreachable(e) from e
         return cls(bus)
 
     def close(self) -> None:
@@ -109,14 +97,15 @@ class Systemd:
                 event.set()
         return False
 
-    async def start_transient(self, unit: str, properties: list[tuple[str, Variant]],
+    async def start_transient(self, unit: str, properties: list[Property],
                               timeout: float | None = None) -> str:
         """StartTransientUnit and wait for its job; the job's result ('done', 'failed'...).
 
         For Type=notify the job is done only once the monitor has sent READY=1.
         """
-        return await self._job("StartTransientUnit", "ssa(sv)a(sa(sv))",
-                               [unit, "fail", properties, []], timeout)
+        variants = [(name, Variant(sig, value)) for name, sig, value in properties]
+        return await self._job("StartTransientUnit", START_TRANSIENT,
+                               [unit, "fail", variants, []], timeout)
 
     async def stop_and_wait(self, unit: str, timeout: float | None = 60) -> str:
         try:
@@ -130,8 +119,7 @@ class Systemd:
                    timeout: float | None) -> str:
         # systemd sends job signals to the client that queued the job; the match makes
         # dbus-daemon route them to us. The job may end before the call returns.
-        await self.add_match(f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',"
-                             "member='JobRemoved'")
+        await self.add_match(JOB_REMOVED_MATCH)
         early: dict[str, str] = {}
 
         def catch_early(msg: Message) -> bool:
@@ -159,14 +147,10 @@ class Systemd:
         try:
             (props,) = await self.call(path, PROPERTIES, "GetAll", "s", [interface])
         except BusCallError as e:
-            if e.name in (NO_SUCH_UNIT, "org.freedesktop.DBus.Error.UnknownObject",
-                          "org.freedesktop.DBus.Error.UnknownMethod"):
+            if e.name in NOT_LOADED:
                 return None
             raise
-        values = {k: v.value for k, v in props.items()}
-        if values.get("LoadState") in ("not-found", None) and interface in ("", UNIT):
-            return None
-        return values
+        return loaded({k: v.value for k, v in props.items()}, interface)
 
     async def service_state(self, unit: str) -> dict[str, Any] | None:
         """Unit and Service properties of unit merged, or None if systemd does not know it."""

@@ -1,16 +1,17 @@
-"""The `sdshim` command. Errors become exit codes here, and only here."""
+"""The `sdshim` command. Errors become exit codes here, and only here.
+
+`create` and `run -d` take the blocking path (sdshim.units.creation), which imports
+neither asyncio nor dbus-fast; every other command runs on the asyncio Manager, imported
+when needed. Keep the imports here cheap: every command pays for them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
 
 from sdshim import __version__, records
 from sdshim.errors import (
@@ -23,6 +24,12 @@ from sdshim.errors import (
 from sdshim.signals import signal_number
 from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES
 from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
+
+TYPE_CHECKING = False  # `typing` costs every command ~2 ms; only mypy needs it here
+if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable, Coroutine, Sequence
+    from typing import Any
 
 
 def parse_signal(value: str) -> int:
@@ -76,67 +83,84 @@ def _detach_keys_option(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_DETACH_KEYS}; '' disables)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every command and alias build_parser() knows (tests check the two agree).
+COMMANDS = frozenset({"create", "run", "start", "status", "list", "ps", "logs", "kill",
+                      "stop", "wait", "attach", "exec", "delete", "rm"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. With command (a name from COMMANDS), it holds that command's
+    subparser only: all that `sdshim COMMAND ...` parses, and the others cost every run
+    ~1 ms to build. `sdshim --help`, and any other first word, gets them all."""
     parser = argparse.ArgumentParser(
         prog="sdshim", description="Run OCI containers as systemd services.")
     parser.add_argument("--version", action="version", version=f"sdshim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    only = command if command in COMMANDS else None
 
-    p = sub.add_parser("create", help="create a container (its unit runs; command waits)")
-    _create_options(p)
-    p = sub.add_parser("run", help="create and start a container")
-    _create_options(p)
-    p.add_argument("-d", "--detach", action="store_true",
-                   help="print the name and return once the container runs")
-    p.add_argument("--rm", action="store_true", help="delete the container when it exits")
-    _detach_keys_option(p)
-    p = sub.add_parser("start", help="start a created container")
-    p.add_argument("name")
-    p = sub.add_parser("status", help="show a container's state")
-    p.add_argument("--json", action="store_true", help="print it as JSON")
-    p.add_argument("name")
-    p = sub.add_parser("list", aliases=["ps"], help="list containers")
-    p.add_argument("--json", action="store_true", help="print a JSON list of statuses")
-    p = sub.add_parser("logs", help="print a container's output from the journal")
-    p.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
-    p.add_argument("--since", help="only lines since this time (journalctl syntax)")
-    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
-    p.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
-    p.add_argument("-t", "--timestamps", action="store_true", help="prefix RFC 3339 times")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("name")
-    p = sub.add_parser("kill", help="send a signal to a container")
-    p.add_argument("-s", "--signal", type=parse_signal, default=int(signal.SIGTERM),
-                   help="signal name or number (default TERM)")
-    p.add_argument("name")
-    p = sub.add_parser("stop", help="stop a container (stop signal, SIGKILL after --time)")
-    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
-                   help="grace period before SIGKILL (default 10)")
-    p.add_argument("name")
-    p = sub.add_parser("wait", help="wait for a container to exit; print its exit code")
-    p.add_argument("name")
-    p = sub.add_parser("attach", help="connect to a running container's terminal or stdio")
-    _detach_keys_option(p)
-    p.add_argument("--no-stdin", action="store_true", help="only watch; send no input")
-    p.add_argument("name")
-    p = sub.add_parser("exec", help="run a command in a running container")
-    _stdio_options(p)
-    _detach_keys_option(p)
-    p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
-                   help=f"kill the command after this long (exit code {EXIT_TIMEOUT})")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("-w", "--workdir", default="", metavar="DIR")
-    p.add_argument("name")
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
-    p = sub.add_parser("delete", aliases=["rm"], help="delete containers")
-    p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
-    p.add_argument("names", nargs="+", metavar="name")
+    def add(name: str, help: str,
+            aliases: Sequence[str] = ()) -> argparse.ArgumentParser | None:
+        if only is None or only == name or only in aliases:
+            return sub.add_parser(name, aliases=list(aliases), help=help)
+        return None
+
+    if p := add("create", help="create a container (its unit runs; command waits)"):
+        _create_options(p)
+    if p := add("run", help="create and start a container"):
+        _create_options(p)
+        p.add_argument("-d", "--detach", action="store_true",
+                       help="print the name and return once the container runs")
+        p.add_argument("--rm", action="store_true", help="delete the container when it exits")
+        _detach_keys_option(p)
+    if p := add("start", help="start a created container"):
+        p.add_argument("name")
+    if p := add("status", help="show a container's state"):
+        p.add_argument("--json", action="store_true", help="print it as JSON")
+        p.add_argument("name")
+    if p := add("list", aliases=["ps"], help="list containers"):
+        p.add_argument("--json", action="store_true", help="print a JSON list of statuses")
+    if p := add("logs", help="print a container's output from the journal"):
+        p.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
+        p.add_argument("--since", help="only lines since this time (journalctl syntax)")
+        p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+        p.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
+        p.add_argument("-t", "--timestamps", action="store_true", help="prefix RFC 3339 times")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.add_argument("name")
+    if p := add("kill", help="send a signal to a container"):
+        p.add_argument("-s", "--signal", type=parse_signal, default=int(signal.SIGTERM),
+                       help="signal name or number (default TERM)")
+        p.add_argument("name")
+    if p := add("stop", help="stop a container (stop signal, SIGKILL after --time)"):
+        p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
+                       help="grace period before SIGKILL (default 10)")
+        p.add_argument("name")
+    if p := add("wait", help="wait for a container to exit; print its exit code"):
+        p.add_argument("name")
+    if p := add("attach", help="connect to a running container's terminal or stdio"):
+        _detach_keys_option(p)
+        p.add_argument("--no-stdin", action="store_true", help="only watch; send no input")
+        p.add_argument("name")
+    if p := add("exec", help="run a command in a running container"):
+        _stdio_options(p)
+        _detach_keys_option(p)
+        p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                       help=f"kill the command after this long (exit code {EXIT_TIMEOUT})")
+        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("-w", "--workdir", default="", metavar="DIR")
+        p.add_argument("name")
+        p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    if p := add("delete", aliases=["rm"], help="delete containers"):
+        p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
+        p.add_argument("names", nargs="+", metavar="name")
     return parser
 
 
 def _proxy_signals(kill: Callable[[int], Coroutine[Any, Any, None]]) -> None:
     """While attached, signals to the CLI go to the container or exec process (docker's
     --sig-proxy), through kill(signum)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
 
     def forward(signum: int) -> None:
@@ -209,6 +233,8 @@ async def _print_logs(m: Any, name: str, args: argparse.Namespace,
         match = logs.matches(status, args.stream)
     reader = logs.Reader(match, stream=args.stream, since=args.since,
                          execs=exec_dir is not None)
+    import contextlib
+
     async with contextlib.aclosing(reader.lines(follow=args.follow, tail=args.tail,
                                                 ended=ended)) as batches:
         async for batch in batches:
@@ -237,15 +263,11 @@ async def run_command(args: argparse.Namespace) -> int:
 
     async with await Manager.connect() as m:
         cmd = args.command
-        if cmd in ("create", "run"):
+        if cmd == "run":  # attached: create and run -d take the blocking path (main)
             kwargs = _create_kwargs(args)
-            attached = cmd == "run" and not args.detach
-            if attached and args.tty:
+            if args.tty:
                 return await _run_terminal(m, args, kwargs)
-            name = await m.create(args.bundle, start=cmd == "run", **kwargs)
-            if not attached:
-                print(name)
-                return 0
+            name = await m.create(args.bundle, start=True, **kwargs)
             _proxy_signals(lambda signum: m.kill(name, signum))
             try:
                 with _feeding(args, records.container_dir(name), f"container {name}"):
@@ -309,6 +331,8 @@ def _feeding(args: argparse.Namespace, directory: Path,
     from sdshim.units import attach
 
     if not args.interactive:
+        import contextlib
+
         return contextlib.nullcontext()
     return attach.feed_stdin(directory, what)
 
@@ -432,9 +456,22 @@ def _print_table(statuses: list[dict[str, Any]]) -> None:
               f"{(s['id'] or '')[:12]}")
 
 
+def detached_create(args: argparse.Namespace) -> int:
+    """create, run -d: start the unit, wait for its job, print the container's name."""
+    from sdshim.units import creation
+
+    print(creation.create(args.bundle, start=args.command == "run", **_create_kwargs(args)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
+        if args.command == "create" or (args.command == "run" and args.detach):
+            return detached_create(args)
+        import asyncio
+
         return asyncio.run(run_command(args))
     except SdshimError as e:
         print(f"sdshim: {e}", file=sys.stderr)

@@ -14,15 +14,17 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from dbus_fast import Variant
+from typing import TYPE_CHECKING, Any
 
 from sdshim import naming, records
-from sdshim.errors import ContainerStateError, SystemdError
-from sdshim.units.bus import BusCallError
+from sdshim.errors import ContainerStateError
+from sdshim.units.connection import BusCallError
+from sdshim.units.creation import refused_error
 from sdshim.units.manager import Manager, control_request, start_monitored
 from sdshim.units.spec import monitor_command, monitor_properties, stdio_flags
+
+if TYPE_CHECKING:
+    from sdshim.units.spec import Property
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ExecSpec:
             argv += ["--cwd", self.cwd]
         return argv + stdio_flags(self.interactive, self.tty) + ["--", *self.command]
 
-    def unit_properties(self) -> list[tuple[str, Variant]]:
+    def unit_properties(self) -> list[Property]:
         container_unit = self.container_unit
         props = monitor_properties(
             f"sdshim exec {self.exec_id} in {self.name}: {' '.join(self.command)}"[:200],
@@ -68,10 +70,10 @@ class ExecSpec:
         return [
             *props,
             # The exit record is the result; the unit goes as soon as it has ended.
-            ("CollectMode", Variant("s", "inactive-or-failed")),
+            ("CollectMode", "s", "inactive-or-failed"),
             # Stopping the container stops its execs first.
-            ("BindsTo", Variant("as", [container_unit])),
-            ("After", Variant("as", [container_unit])),
+            ("BindsTo", "as", [container_unit]),
+            ("After", "as", [container_unit]),
         ]
 
 
@@ -104,7 +106,7 @@ async def create(m: Manager, name: str, command: list[str], *, start: bool,
     try:
         result = await m.systemd.start_transient(spec.unit, spec.unit_properties())
     except BusCallError as e:
-        raise SystemdError(f"systemd refused to start {spec.unit}: {e}") from None
+        raise refused_error(spec.unit, e) from None
     if result != "done":
         error = await m.start_error(ex.dir, ex.unit, ex.what, result)
         remove(ex)

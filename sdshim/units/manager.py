@@ -21,65 +21,15 @@ from typing import Any
 from sdshim import naming, records, spawn
 from sdshim.errors import (
     EXIT_NO_RESTART,
-    BundleError,
-    ContainerExistsError,
     ContainerStateError,
     CreateError,
     NoSuchContainerError,
-    RuntimeNotFoundError,
-    SystemdError,
 )
-from sdshim.signals import signal_number
-from sdshim.units.bus import UNIT_EXISTS, BusCallError, Systemd
-from sdshim.units.spec import ContainerSpec
+from sdshim.units.bus import Systemd
+from sdshim.units.connection import BusCallError
+from sdshim.units.creation import container_spec, recorded_error, refused_error, unit_error
 
 CONTROL_TIMEOUT = 10.0
-# The OCI image spec's annotation for the stop signal (docker's STOPSIGNAL); runtime
-# configs have no field of their own for it.
-STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
-
-
-def resolve_runtime(runtime: str) -> str:
-    path = shutil.which(runtime)
-    if path is None:
-        raise RuntimeNotFoundError(
-            f"OCI runtime {runtime!r} not found; install runc or crun, "
-            "or pass --runtime with the runtime's path")
-    return str(Path(path).resolve())
-
-
-def check_bundle(bundle: Path) -> tuple[Path, dict[str, Any]]:
-    """The bundle's absolute path and config, if it is a directory with a usable one."""
-    bundle = bundle.absolute()
-    if not bundle.is_dir():
-        raise BundleError(f"bundle {bundle} does not exist or is not a directory; "
-                          "give the directory that holds config.json and the rootfs")
-    config_path = bundle / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"bundle {bundle} has no config.json; create one with "
-                          f"`runc spec --bundle {bundle}`") from None
-    except (OSError, ValueError) as e:
-        raise BundleError(f"cannot read {config_path}: {e}") from None
-    args = config.get("process", {}).get("args") if isinstance(config, dict) else None
-    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
-        raise BundleError(f"{config_path} has no command: set process.args to a "
-                          "non-empty list of strings")
-    return bundle, config
-
-
-def bundle_stop_signal(config: dict[str, Any], config_path: Path) -> int:
-    """The stop signal the bundle asks for in its annotations; SIGTERM if none."""
-    annotations = config.get("annotations")
-    value = annotations.get(STOP_SIGNAL_ANNOTATION) if isinstance(annotations, dict) else None
-    if value is None:
-        return int(signal.SIGTERM)
-    try:
-        return signal_number(str(value))
-    except ValueError as e:
-        raise BundleError(f"{config_path}: annotation {STOP_SIGNAL_ANNOTATION}: {e}; "
-                          "fix it or pass --stop-signal") from None
 
 
 class Manager:
@@ -108,38 +58,21 @@ class Manager:
         log_rate_limit, restart (no, on-failure, always), restart_delay, interactive
         (keep stdin open), tty (give it a terminal) (see spec.ContainerSpec).
         """
-        name = naming.validate_name(name) if name else naming.generate_name()
-        bundle, config = check_bundle(bundle)
-        if options.get("stop_signal") is None:
-            options["stop_signal"] = bundle_stop_signal(config, bundle / "config.json")
-        spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=bundle,
-                             runtime=resolve_runtime(runtime), start=start, **options)
-        if records.container_dir(name).exists() or await self.systemd.unit_properties(
-                spec.unit) is not None:
-            raise ContainerExistsError(
-                f"container {name} already exists; delete it with `sdshim delete {name}` "
-                "or choose another --name")
+        spec = container_spec(bundle, name, runtime, start, options)
         try:
             result = await self.systemd.start_transient(spec.unit, spec.unit_properties())
         except BusCallError as e:
-            if e.name == UNIT_EXISTS:
-                raise ContainerExistsError(f"container {name} already exists") from None
-            raise SystemdError(f"systemd refused to start {spec.unit}: {e}") from None
+            raise refused_error(spec.unit, e, spec.name) from None
         if result != "done":
-            raise await self.start_error(records.container_dir(name), spec.unit,
-                                         f"container {name}", result)
-        return name
+            raise await self.start_error(records.container_dir(spec.name), spec.unit,
+                                         f"container {spec.name}", result)
+        return spec.name
 
     async def start_error(self, directory: Path, unit: str, what: str,
                           result: str) -> CreateError:
         """Why the monitor of unit did not get ready: its exit record, or systemd's word."""
-        exit_record = records.read_json(directory / "exit.json")
-        if exit_record and exit_record.get("error"):
-            return CreateError(str(exit_record["error"]),
-                               int(exit_record.get("exit_code") or 125))
-        props = await self.systemd.service_state(unit) or {}
-        detail = props.get("StatusText") or f"job {result}, result {props.get('Result')}"
-        return CreateError(f"{what} failed to start: {detail}; see `journalctl -u {unit}`")
+        return recorded_error(directory) or unit_error(
+            unit, what, result, await self.systemd.service_state(unit))
 
     async def start(self, name: str) -> None:
         status = await self.status(name)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from dbus_fast import Variant
 
 from sdshim import naming, shim
 from sdshim.errors import EXIT_NO_RESTART, UsageError
+
+TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    # A unit property as StartTransientUnit takes it: (name, D-Bus signature, value).
+    # No D-Bus library's Variant here: the CLI's blocking client (sdshim.units.wire)
+    # and dbus-fast (sdshim.units.bus) each wrap it their own way.
+    Property = tuple[str, str, Any]
 
 USEC = 1_000_000
 # journald's per-unit rate limit. systemd 252 does not pass LogRateLimitIntervalSec=0
@@ -31,28 +36,38 @@ RESTART_POLICIES = ("no", "on-failure", "always")
 DEFAULT_RESTART_DELAY = 1.0
 
 
-@dataclass
 class ContainerSpec:
-    name: str
-    id: str
-    bundle: Path
-    runtime: str
-    start: bool = True
-    stop_timeout: float = 10.0
-    stop_signal: int = int(signal.SIGTERM)
-    tag: str = ""
-    log_max_line: int = 0  # 0: the monitor's default
-    log_driver: str = "native"
-    log_path: str = ""  # a CRI log file beside the journal (native driver only)
-    log_size_max: int = 0  # rotate log_path at this size; 0: never
-    log_rate_limit: str = ""  # "BURST/INTERVAL", e.g. 10000/30s; "": no limit
-    restart: str = "no"
-    restart_delay: float = DEFAULT_RESTART_DELAY
-    interactive: bool = False
-    tty: bool = False
-    properties: list[tuple[str, Variant]] = field(default_factory=list)
+    """A container's unit, checked. A plain class: a dataclass would pull in `inspect`
+    (~4 ms of every `sdshim create` and `run -d`)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, id: str, bundle: Path, runtime: str, *,
+                 start: bool = True, stop_timeout: float = 10.0,
+                 stop_signal: int = int(signal.SIGTERM), tag: str = "",
+                 log_max_line: int = 0, log_driver: str = "native", log_path: str = "",
+                 log_size_max: int = 0, log_rate_limit: str = "", restart: str = "no",
+                 restart_delay: float = DEFAULT_RESTART_DELAY, interactive: bool = False,
+                 tty: bool = False, properties: list[Property] | None = None) -> None:
+        self.name = name
+        self.id = id
+        self.bundle = bundle
+        self.runtime = runtime
+        self.start = start
+        self.stop_timeout = stop_timeout
+        self.stop_signal = stop_signal
+        self.tag = tag
+        self.log_max_line = log_max_line  # 0: the monitor's default
+        self.log_driver = log_driver
+        self.log_path = log_path  # a CRI log file beside the journal (native driver only)
+        self.log_size_max = log_size_max  # rotate log_path at this size; 0: never
+        self.log_rate_limit = log_rate_limit  # "BURST/INTERVAL", e.g. 10000/30s; "": none
+        self.restart = restart
+        self.restart_delay = restart_delay
+        self.interactive = interactive
+        self.tty = tty
+        self.properties = properties or []
+        self._check()
+
+    def _check(self) -> None:
         if self.log_driver not in LOG_DRIVERS:
             raise UsageError(f"invalid --log-driver {self.log_driver!r}: use native "
                              "(the monitor forwards lines with the container fields) or "
@@ -101,7 +116,7 @@ class ContainerSpec:
             argv += ["--log-size-max", str(self.log_size_max)]
         return argv + stdio_flags(self.interactive, self.tty)
 
-    def unit_properties(self) -> list[tuple[str, Variant]]:
+    def unit_properties(self) -> list[Property]:
         burst, interval = (parse_rate_limit(self.log_rate_limit) if self.log_rate_limit
                            else (LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC))
         props = monitor_properties(
@@ -110,22 +125,22 @@ class ContainerSpec:
         props += [
             # Keeps the unit (and its results) after a clean exit. Not with
             # Restart=always: a unit that "remains" after a clean exit is not restarted.
-            ("RemainAfterExit", Variant("b", self.restart != "always")),
-            ("Delegate", Variant("b", True)),
+            ("RemainAfterExit", "b", self.restart != "always"),
+            ("Delegate", "b", True),
         ]
         return props + self.restart_properties() + self.properties
 
-    def restart_properties(self) -> list[tuple[str, Variant]]:
+    def restart_properties(self) -> list[Property]:
         """systemd restarts the monitor, which creates the container afresh each time."""
         if self.restart == "no":
             return []
         return [
-            ("Restart", Variant("s", self.restart)),
-            ("RestartUSec", Variant("t", int(self.restart_delay * USEC))),
+            ("Restart", "s", self.restart),
+            ("RestartUSec", "t", int(self.restart_delay * USEC)),
             # Like docker, never give up on a container that keeps failing...
-            ("StartLimitIntervalUSec", Variant("t", 0)),
+            ("StartLimitIntervalUSec", "t", 0),
             # ... but do not retry one that cannot be created, or one stopped on request.
-            ("RestartPreventExitStatus", Variant("(aiai)", ([EXIT_NO_RESTART], []))),
+            ("RestartPreventExitStatus", "(aiai)", ([EXIT_NO_RESTART], [])),
         ]
 
 
@@ -135,22 +150,22 @@ def stdio_flags(interactive: bool, tty: bool) -> list[str]:
 
 def monitor_properties(description: str, argv: list[str], stop_timeout: float,
                        container: str, burst: int = LOG_RATE_BURST_UNLIMITED,
-                       interval: int = LOG_RATE_INTERVAL_USEC) -> list[tuple[str, Variant]]:
+                       interval: int = LOG_RATE_INTERVAL_USEC) -> list[Property]:
     """What every unit whose main process is an sdshim monitor has."""
     return [
-        ("Description", Variant("s", description)),
-        ("Slice", Variant("s", naming.SLICE)),
-        ("Type", Variant("s", "notify")),
-        ("NotifyAccess", Variant("s", "main")),
+        ("Description", "s", description),
+        ("Slice", "s", naming.SLICE),
+        ("Type", "s", "notify"),
+        ("NotifyAccess", "s", "main"),
         # SIGTERM goes to the monitor only, which stops the container its own way;
         # whatever is left after the timeout is SIGKILLed by systemd.
-        ("KillMode", Variant("s", "mixed")),
-        ("TimeoutStopUSec", Variant("t", int((stop_timeout + STOP_MARGIN_SEC) * USEC))),
-        ("SyslogIdentifier", Variant("s", "sdshim")),
-        ("LogRateLimitIntervalUSec", Variant("t", interval)),
-        ("LogRateLimitBurst", Variant("u", burst)),
-        ("Environment", Variant("as", [f"SDSHIM_CONTAINER={container}"])),
-        ("ExecStart", Variant("a(sasb)", [[argv[0], argv, False]])),
+        ("KillMode", "s", "mixed"),
+        ("TimeoutStopUSec", "t", int((stop_timeout + STOP_MARGIN_SEC) * USEC)),
+        ("SyslogIdentifier", "s", "sdshim"),
+        ("LogRateLimitIntervalUSec", "t", interval),
+        ("LogRateLimitBurst", "u", burst),
+        ("Environment", "as", [f"SDSHIM_CONTAINER={container}"]),
+        ("ExecStart", "a(sasb)", [[argv[0], argv, False]]),
     ]
 
 
@@ -244,7 +259,7 @@ PROPERTIES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
 }
 
 
-def parse_properties(items: Sequence[str]) -> list[tuple[str, Variant]]:
+def parse_properties(items: Sequence[str]) -> list[Property]:
     props = []
     for item in items:
         key, sep, value = item.partition("=")
@@ -258,5 +273,5 @@ def parse_properties(items: Sequence[str]) -> list[tuple[str, Variant]]:
             parsed = parse(value)
         except ValueError as e:
             raise UsageError(f"invalid value for {key}: {value!r}: {e}") from None
-        props.append((dbus_name, Variant(sig, parsed)))
+        props.append((dbus_name, sig, parsed))
     return props
