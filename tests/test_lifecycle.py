@@ -639,3 +639,30 @@ def test_stress_parallel_and_early_exits_leak_nothing(bed: Bed, name: str,
                 (s["exit_code"] is None and "monitor died" in s["error"]), s
         all_ok(parallel(bed, [[*SDSHIM, "delete", "--force", v] for v in victims]))
         assert_nothing_leaked(bed)
+
+
+def test_malformed_control_requests_are_answered_not_fatal(bed: Bed, name: str,
+                                                           make_bundle: Any) -> None:
+    assert bed.sdshim("run", "-d", "--name", name, str(make_bundle("sleep", "30"))).returncode == 0
+    client = (
+        "import socket, sys\n"
+        "for req in sys.argv[2:]:\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    s.connect(sys.argv[1])\n"
+        "    s.sendall(req.encode())\n"
+        "    s.shutdown(socket.SHUT_WR)\n"
+        "    print(s.makefile().readline().strip() or '-')\n"
+    )
+    out = bed.run([sys.executable, "-c", client, f"/run/sdshim/{name}/control",
+                   "[]", '{"op": "kill", "signal": null}', '{"op": "kill", "signal": "x"}',
+                   "not json", '{"op": "nope"}'])
+    replies = out.stdout.decode().splitlines()
+    assert len(replies) == 5, out
+    for reply in (replies[0], replies[1], replies[2]):
+        assert '"ok": false' in reply and "invalid request" in reply, replies
+    assert replies[3] == "-"  # no JSON: nothing to answer, connection closed
+    assert "unknown request" in replies[4]
+    assert status(bed, name)["state"] == "running"
+    assert bed.sdshim("kill", "-s", "KILL", name).returncode == 0
+    poll("exit", lambda: status(bed, name)["state"] == "exited")
+    assert status(bed, name)["signal"] == "SIGKILL"

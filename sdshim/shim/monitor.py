@@ -386,10 +386,17 @@ class Monitor:
         try:
             conn.settimeout(2.0)
             request = leanjson.loads(conn.recv(4096).decode() or "{}")
-            reply = self.handle_request(request)
+            try:
+                if not isinstance(request, dict):
+                    raise TypeError("a request is a JSON object")
+                reply = self.handle_request(request)
+            except (TypeError, ValueError) as e:
+                # A malformed request must never take the monitor (and the container's
+                # supervision) down with it: answer it and go on.
+                reply = {"ok": False, "error": f"invalid request: {e}"}
             conn.sendall(leanjson.dumps(reply).encode() + b"\n")
         except (OSError, ValueError):
-            pass  # a client that went away or spoke nonsense: nothing to answer
+            pass  # a client that went away or sent no JSON: nothing to answer
         finally:
             conn.close()
 
