@@ -16,43 +16,43 @@ manager the same places as Paths.
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
-from sdshim import leanjson
+from sdshim import leanjson, leanos
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
     from typing import Any
 
-    StrPath = str | os.PathLike[str]
+    from sdshim.leanos import StrPath
 
-RUN_DIR = os.environ.get("SDSHIM_RUN_DIR", "/run/sdshim")
-RUNTIME_ROOTS = os.path.join(RUN_DIR, ".runtime")
+RUN_DIR = leanos.getenv("SDSHIM_RUN_DIR", "/run/sdshim")
+RUNTIME_ROOTS = leanos.join(RUN_DIR, ".runtime")
 
 
 def container_dir(name: str) -> str:
-    return os.path.join(RUN_DIR, name)
+    return leanos.join(RUN_DIR, name)
 
 
 def exec_dir(name: str, exec_id: str) -> str:
-    return os.path.join(container_dir(name), f"exec-{exec_id}")
+    return leanos.join(container_dir(name), f"exec-{exec_id}")
 
 
 def runtime_root(runtime: str) -> str:
     """Our own --root per runtime, so other users of runc never see or clash with ours."""
-    return os.path.join(RUNTIME_ROOTS, os.path.basename(runtime))
+    return leanos.join(RUNTIME_ROOTS, leanos.basename(runtime))
 
 
 def write_json(path: StrPath, data: dict[str, Any]) -> None:
     """Write atomically: readers see the old file or the new one, never half of it."""
-    head, tail = os.path.split(path)
-    tmp = os.path.join(head, f".{tail}.tmp")
+    head, tail = leanos.split(path)
+    tmp = leanos.join(head, f".{tail}.tmp")
     with open(tmp, "w") as f:
         f.write(leanjson.dumps(data))
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        posix.fsync(f.fileno())
+    posix.replace(tmp, path)
 
 
 def read_json(path: StrPath) -> dict[str, Any] | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import posix
 
+from sdshim import leanos
 from sdshim.errors import SdshimError
 
 # The monitor imports this module and starts the runtime with launch(): asyncio would
@@ -126,18 +127,18 @@ def launch(
     actions: list[tuple[Any, ...]] = []
     for target, fd in enumerate((stdin, stdout, stderr)):
         if fd == DEVNULL:
-            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+            actions.append((posix.POSIX_SPAWN_OPEN, target, leanos.DEVNULL_PATH, posix.O_RDWR, 0))
         elif fd is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+            actions.append((posix.POSIX_SPAWN_DUP2, fd, target))
     try:
-        return os.posix_spawnp(argv[0], list(argv), os.environ if env is None else env,
+        return posix.posix_spawnp(argv[0], list(argv), leanos.environ() if env is None else env,
                                file_actions=actions, setsigdef=_RESET_SIGNALS)
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
 
 
 def environ_without(*keys: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in keys}
+    return leanos.environ(*keys)
 
 
 async def start_async(argv: Sequence[str], *, stdout: int = PIPE,

@@ -27,13 +27,14 @@ from tests.conftest import Bed
 # sdshim/shim/monitor.py); a module that only some containers, a failure or the end
 # need is imported there. Adding one here costs every container: measure it first
 # (bench/footprint.py), e.g. json with re ~1.2 MB, pathlib ~2 MB, subprocess ~2 MB,
-# socket or signal (enum) ~0.9-1.3 MB, selectors, contextlib or collections ~0.5-0.9 MB.
+# socket or signal (enum) ~0.9-1.3 MB, selectors, contextlib or collections ~0.5-0.9 MB,
+# os (with _collections_abc, stat, posixpath) 0.28 MB: sdshim.leanos stands in for it.
 STDLIB_ALLOWED = {
-    "__future__", "os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc",
+    "__future__",
     "errno", "fcntl", "select", "_socket", "_json", "_ctypes", "struct", "_struct",
 }
 SDSHIM_ALLOWED = {
-    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.rundir", "sdshim.spawn",
+    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.leanos", "sdshim.rundir", "sdshim.spawn",
     "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.framing", "sdshim.shim.journal",
     "sdshim.shim.listener", "sdshim.shim.monitor", "sdshim.shim.notify",
     "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output", "sdshim.shim.poller",

@@ -8,12 +8,13 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdshim import leanjson, naming, rundir, spawn
+from sdshim import leanjson, leanos, naming, rundir, spawn
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UsageError
 from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
@@ -391,3 +392,52 @@ def test_spawn_launch_redirects_and_leaves_reaping_to_the_caller(tmp_path: Path)
     assert not ignored & (1 << (signal.SIGPIPE - 1)), out.read_text()
     with pytest.raises(spawn.CommandError, match="program not found"):
         spawn.launch(["/nonexistent/runc"])
+
+
+@pytest.mark.parametrize("parts", [
+    ("/a", "b"), ("/a/", "b"), ("/a", "/b"), ("", "b"), ("/a", ""), ("/", "a", "b/"),
+    ("a", "b", "/c", "d"),
+])
+def test_leanos_join_is_posixpath_join(parts: tuple[str, ...]) -> None:
+    assert leanos.join(*parts) == os.path.join(*parts)
+
+
+@pytest.mark.parametrize("path", ["/a/b", "/a/b/", "/", "//a", "a", "", "/a//b", "///a/b"])
+def test_leanos_paths_are_posixpath_paths(path: str) -> None:
+    assert leanos.split(path) == os.path.split(path)
+    assert leanos.dirname(path) == os.path.dirname(path)
+    assert leanos.basename(path) == os.path.basename(path)
+
+
+def test_leanos_files(tmp_path: Path) -> None:
+    deep = str(tmp_path / "a" / "b" / "c")
+    leanos.makedirs(deep, 0o700)
+    leanos.makedirs(deep, 0o700)  # exists: fine
+    assert leanos.isdir(deep) and leanos.exists(deep)
+    (tmp_path / "f").write_text("")
+    assert leanos.exists(str(tmp_path / "f")) and not leanos.isdir(str(tmp_path / "f"))
+    assert not leanos.exists(str(tmp_path / "nope"))
+    with pytest.raises(FileExistsError):
+        leanos.makedirs(str(tmp_path / "f"))
+
+
+LEANOS_ENV_PROBE = """
+import os, sys
+sys.path.append(sys.argv[1])
+from sdshim import leanos
+k = "SDSHIM_T"
+print(repr([leanos.getenv(k), leanos.environ() == dict(os.environ), k in leanos.environ(k),
+            leanos.popenv(k), k in leanos.environ(), leanos.getenv(k, "gone")]), flush=True)
+os.execv("/usr/bin/env", ["env"])  # what programs started now inherit
+"""
+
+
+def test_leanos_environment() -> None:
+    """The environment the process started with, undecodable bytes and all."""
+    repo = str(Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, "-I", "-c", LEANOS_ENV_PROBE, repo],
+                         env={b"SDSHIM_T": b"v\xff", b"PATH": b"/usr/bin:/bin"},
+                         capture_output=True, check=True).stdout.decode(errors="replace")
+    first, *inherited = out.splitlines()
+    assert first == repr(["v\udcff", True, False, "v\udcff", False, "gone"])
+    assert not any(line.startswith("SDSHIM_T=") for line in inherited)

@@ -7,11 +7,12 @@ nothing installed beside sdshim can shadow a standard module. `python3 -m sdshim
 works as well.
 """
 
-import os
+import posix  # not os: see sdshim.leanos
 import sys
 
 if not __package__:
-    sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    here = __file__ if __file__.startswith("/") else f"{posix.getcwd()}/{__file__}"
+    sys.path.append(here.rsplit("/", 3)[0])  # <dir>/sdshim/shim/__main__.py
 
 from sdshim.shim.monitor import main
 

@@ -7,7 +7,9 @@ On hybrid hosts the same split is made in every hierarchy the unit owns.
 
 from __future__ import annotations
 
-import os
+import posix
+
+from sdshim import leanos
 
 CGROUP_FS = "/sys/fs/cgroup"
 SUPERVISOR = "supervisor"
@@ -26,13 +28,13 @@ def own_cgroups() -> dict[str, str]:
 
 def _mount_of(key: str) -> str | None:
     if key == "":
-        for cand in (os.path.join(CGROUP_FS, "unified"), CGROUP_FS):
-            if os.path.exists(os.path.join(cand, "cgroup.controllers")):
+        for cand in (leanos.join(CGROUP_FS, "unified"), CGROUP_FS):
+            if leanos.exists(leanos.join(cand, "cgroup.controllers")):
                 return cand
         return None
     name = key.removeprefix("name=")
-    for cand in (os.path.join(CGROUP_FS, name), os.path.join(CGROUP_FS, key)):
-        if os.path.isdir(cand):
+    for cand in (leanos.join(CGROUP_FS, name), leanos.join(CGROUP_FS, key)):
+        if leanos.isdir(cand):
             return cand
     return None
 
@@ -47,7 +49,7 @@ def _unit_leaves(unit: str, leaf: str) -> list[str]:
         mount = _mount_of(key)
         if mount is not None:
             unit_path = "/".join(parts[: parts.index(unit) + 1])
-            leaves.append(os.path.join(mount, unit_path.lstrip("/"), leaf))
+            leaves.append(leanos.join(mount, unit_path.lstrip("/"), leaf))
     return leaves
 
 
@@ -55,10 +57,10 @@ def _move(leaves: list[str], pid: int) -> None:
     for leaf in leaves:
         try:
             try:
-                os.mkdir(leaf)
+                posix.mkdir(leaf)
             except FileExistsError:
                 pass
-            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+            with open(leanos.join(leaf, "cgroup.procs"), "w") as f:
                 f.write(str(pid))
         except OSError:
             continue  # a hierarchy not delegated to us: the runtime will cope
@@ -81,7 +83,7 @@ def join(pid: int, like: int) -> None:
         _hid, ctls, path = line.split(":", 2)
         mount = _mount_of(ctls)
         if mount is not None:
-            _move([os.path.join(mount, path.lstrip("/"))], pid)
+            _move([leanos.join(mount, path.lstrip("/"))], pid)
 
 
 def split(unit: str) -> str:
@@ -91,5 +93,5 @@ def split(unit: str) -> str:
     unified = cgroups.get("", cgroups.get("name=systemd", ""))
     if not unified.endswith("/" + unit):
         return ""
-    _move(_unit_leaves(unit, SUPERVISOR), os.getpid())
+    _move(_unit_leaves(unit, SUPERVISOR), posix.getpid())
     return f"{unified}/{CONTAINER}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import _socket
 import fcntl
-import os
+import posix
 import socket
 import struct
 import termios
@@ -46,7 +46,7 @@ class ConsoleSocket(Listener):
         finally:
             conn.close()
         for extra in fds[1:]:
-            os.close(extra)
+            posix.close(extra)
         if fds:
             self.close()  # one terminal per container
             self.on_master(fds[0])

@@ -14,7 +14,7 @@ still written whole: the limit bounds the disk use, never the data.
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 import time
 from collections.abc import Sequence
@@ -38,9 +38,9 @@ class CriLog:
         self._open()
 
     def _open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                          0o640)
-        self.size = os.fstat(self.fd).st_size
+        flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
+        self.fd = posix.open(self.path, flags, 0o640)
+        self.size = posix.fstat(self.fd).st_size
 
     def write(self, stream: str, lines: Sequence[tuple[bytes, bool]]) -> None:
         # One timestamp per read from the container, as conmon does: lines that came
@@ -74,15 +74,15 @@ class CriLog:
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[posix.write(self.fd, view):]
         self.size += len(data)
 
     def _rotate(self) -> None:
-        os.rename(self.path, self.path + ".1")
-        os.close(self.fd)
+        posix.rename(self.path, self.path + ".1")
+        posix.close(self.fd)
         self._open()
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            posix.close(self.fd)
             self.fd = -1

@@ -15,10 +15,10 @@ end it must not delete the container from the runtime.
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
-from sdshim import rundir
+from sdshim import leanos, rundir
 from sdshim.errors import EXIT_TIMEOUT
 from sdshim.shim import cgroup, monitor
 from sdshim.shim.journal import encode_field
@@ -61,7 +61,7 @@ class ExecMonitor(monitor.Monitor):
     def create(self) -> str:
         self.write_state(name=self.name, id=self.id, exec_id=self.exec_id,
                          unit=self.opts.unit, runtime=self.rt.path, status="created",
-                         command=self.opts.command, pid=None, monitor_pid=os.getpid(),
+                         command=self.opts.command, pid=None, monitor_pid=posix.getpid(),
                          created_at=rundir.now_iso(), started_at=None,
                          tty=self.opts.tty, stdin=self.opts.interactive)
         if not self.opts.start:
@@ -101,7 +101,7 @@ class ExecMonitor(monitor.Monitor):
         start the runtime in the container's cgroups, so the process is born there."""
         if self.rt.places_processes:
             return None
-        state = rundir.read_json(os.path.join(rundir.container_dir(self.name),
+        state = rundir.read_json(leanos.join(rundir.container_dir(self.name),
                                               "state.json")) or {}
         init = int(state.get("pid") or 0)
         return (lambda: cgroup.join(0, init)) if init else None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import _socket
 import errno
 import fcntl
-import os
+import posix
 import time
 
-from sdshim import spawn
+from sdshim import leanos, spawn
 from sdshim.shim.listener import unix_socket
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -100,17 +100,17 @@ class JournalWriter:
         # Entries larger than a datagram go in a sealed memfd, as the protocol allows.
         import struct  # lazily: rare
 
-        fd = os.memfd_create("sdshim-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        fd = posix.memfd_create("sdshim-journal", posix.MFD_CLOEXEC | posix.MFD_ALLOW_SEALING)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[posix.write(fd, view):]
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
             self.sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                     struct.pack("i", fd))])
         finally:
-            os.close(fd)
+            posix.close(fd)
 
     def close(self) -> None:
         self.sock.close()
@@ -152,7 +152,7 @@ def open_streams(identifier: str, unit: str) -> tuple[int, int]:
     try:
         return out, open_stream(identifier, unit, PRIORITY_STDERR)
     except OSError:
-        os.close(out)
+        posix.close(out)
         raise
 
 
@@ -161,7 +161,7 @@ def last_stream_line(identifier: str, priority: int) -> bytes:
     a stream connection (the monitor never saw it): asked of journald once stored."""
     sync()
     out = spawn.run(["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
-                     f"_SYSTEMD_INVOCATION_ID={os.environ.get('INVOCATION_ID', '')}",
+                     f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
                      f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"],
                     check=False, timeout=10)
     return out.stdout.rstrip(b"\n")

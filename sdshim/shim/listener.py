@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import _socket
-import os
+import posix
 
 from sdshim.shim.poller import EVENT_READ
 
@@ -31,7 +31,7 @@ class Listener:
         _unlink(path)  # left by a monitor that was killed
         self.sock: _socket.socket | None = unix_socket(kind)
         self.sock.bind(path)
-        os.chmod(path, 0o600)  # root-only, like the directory
+        posix.chmod(path, 0o600)  # root-only, like the directory
         self.sock.listen(backlog)
         self.sock.setblocking(False)
         poller.register(self.sock, EVENT_READ, self._on_ready)
@@ -56,6 +56,6 @@ class Listener:
 
 def _unlink(path: str) -> None:
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except FileNotFoundError:
         pass

@@ -11,11 +11,11 @@ from __future__ import annotations
 import _socket
 import errno
 import fcntl
-import os
+import posix
 import sys
 import time
 
-from sdshim import leanjson, rundir, spawn
+from sdshim import leanjson, leanos, rundir, spawn
 from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
 from sdshim.shim import cgroup, framing, journal, oom, options, runtime
 from sdshim.shim.journal import (
@@ -131,25 +131,25 @@ class Monitor:
 
     def path(self, name: str) -> str:
         """A file in the records directory."""
-        return os.path.join(self.dir, name)
+        return leanos.join(self.dir, name)
 
     # --- set-up ---------------------------------------------------------------------
 
     def setup(self) -> None:
         become_subreaper()
         self.oom_score_adj = oom.protect_monitor()
-        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (SIGCHLD, *FORWARDED):
             _signal.signal(sig, _noop)
         self.poller.register(self.wake_r, EVENT_READ, self._on_signal)
         # Signals that arrived before setup() was reached (see main()).
         for signum in sorted(_early_signals):
-            os.write(wake_w, bytes([signum]))
+            posix.write(wake_w, bytes([signum]))
 
-        os.makedirs(rundir.RUN_DIR, mode=0o700, exist_ok=True)
+        leanos.makedirs(rundir.RUN_DIR, 0o700)
         try:  # not makedirs: an exec's directory is only made in its container's
-            os.mkdir(self.dir, 0o700)
+            posix.mkdir(self.dir, 0o700)
         except FileExistsError:
             pass
         previous = rundir.read_json(self.path("state.json"))
@@ -163,13 +163,13 @@ class Monitor:
         self.restarts = int(previous.get("restarts", 0)) + 1 if previous else 0
         # Stream-driver lines are found by the unit invocations that wrote them.
         self.invocations = [*(previous or {}).get("invocation_ids", []),
-                            *filter(None, [os.environ.get("INVOCATION_ID")])]
+                            *filter(None, [leanos.getenv("INVOCATION_ID")])]
         for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
             try:
-                os.unlink(self.path(stale))
+                posix.unlink(self.path(stale))
             except FileNotFoundError:
                 pass
-        os.makedirs(self.rt.root, mode=0o700, exist_ok=True)
+        leanos.makedirs(self.rt.root, 0o700)
 
         fields = {
             "CONTAINER_ID": self.id[:12], "CONTAINER_ID_FULL": self.id,
@@ -191,7 +191,7 @@ class Monitor:
         # Runtime state left by a predecessor in this unit that died (this is a restart):
         # the runtime would refuse the same id again, and another id would leak it.
         for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
-            if os.path.exists(os.path.join(self.rt.root, cid)):
+            if leanos.exists(leanos.join(self.rt.root, cid)):
                 self.cleanup_runtime(cid)
 
     def write_state(self, **changes: Any) -> None:
@@ -222,7 +222,7 @@ class Monitor:
 
     def _on_signal(self, _fd: object) -> None:
         try:
-            data = os.read(self.wake_r, 4096)
+            data = posix.read(self.wake_r, 4096)
         except BlockingIOError:
             return
         for signum in data:
@@ -235,7 +235,7 @@ class Monitor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = posix.waitpid(-1, posix.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -248,14 +248,14 @@ class Monitor:
         """Wait for a child we started, serving events meanwhile; its exit code (as
         Popen's returncode: negative for a signal)."""
         self.loop_until(lambda: pid in self.reaped)
-        return os.waitstatus_to_exitcode(self.reaped.pop(pid))
+        return posix.waitstatus_to_exitcode(self.reaped.pop(pid))
 
     # --- output --------------------------------------------------------------------
 
     def _on_output(self, fileobj: object) -> None:
         stream = next(s for s in self.streams if s.fd == fileobj)
         try:
-            data = os.read(stream.fd, READ_SIZE)
+            data = posix.read(stream.fd, READ_SIZE)
         except BlockingIOError:
             return
         except OSError as e:
@@ -272,7 +272,7 @@ class Monitor:
     def _close_stream(self, stream: Stream) -> None:
         self._emit(stream, stream.splitter.flush())
         self.poller.unregister(stream.fd)
-        os.close(stream.fd)
+        posix.close(stream.fd)
         stream.open = False
 
     def _emit(self, stream: Stream, lines: Any) -> None:
@@ -290,7 +290,7 @@ class Monitor:
             fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups under heavy output
         except OSError:
             pass  # a pty master, or beyond the pipe size limit: the default serves
-        os.set_blocking(fd, False)
+        posix.set_blocking(fd, False)
         stream = Stream(fd, name, priority, self.opts.log_max_line)
         self.streams.append(stream)
         self.poller.register(fd, EVENT_READ, self._on_output)
@@ -318,8 +318,8 @@ class Monitor:
 
             assert self.output is not None
             self.output.cri = CriLog(self.opts.log_path, self.opts.log_size_max)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
+        err_r, err_w = posix.pipe2(posix.O_CLOEXEC)
         self.add_stream(out_r, "stdout", PRIORITY_STDOUT)
         self.add_stream(err_r, "stderr", PRIORITY_STDERR)
         return out_w, err_w
@@ -361,7 +361,7 @@ class Monitor:
             self.pending_signals.append(signum)
             return
         try:
-            os.kill(self.pid, signum)
+            posix.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -438,7 +438,7 @@ class Monitor:
             runtime.write_config(bundle, config, cg, self.oom_score_adj,
                                  terminal=self.opts.tty)
         except (OSError, ValueError) as e:
-            return f"cannot read {os.path.join(bundle, 'config.json')}: {e}"
+            return f"cannot read {leanos.join(bundle, 'config.json')}: {e}"
 
         try:
             out_w, err_w = self.open_output()
@@ -447,7 +447,7 @@ class Monitor:
         self.write_state(name=self.name, id=self.id, unit=self.opts.unit,
                          bundle=bundle, runtime=self.rt.path, status="creating",
                          restart=self.opts.restart, restarts=self.restarts,
-                         pid=None, monitor_pid=os.getpid(), created_at=rundir.now_iso(),
+                         pid=None, monitor_pid=posix.getpid(), created_at=rundir.now_iso(),
                          started_at=None, log_driver=self.log_driver,
                          invocation_ids=self.invocations,
                          tty=self.opts.tty, stdin=self.opts.interactive)
@@ -478,8 +478,8 @@ class Monitor:
         except spawn.CommandError as e:
             return str(e)
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            posix.close(out_w)
+            posix.close(err_w)
             self.stdio.after_spawn()
         code = self.wait_child(pid)
         if code != 0:
@@ -537,7 +537,7 @@ class Monitor:
         names = {"runc", "crun", self.rt.name}
         while not self.exited and time.monotonic() < deadline:
             try:
-                exe = os.readlink(f"/proc/{self.pid}/exe")
+                exe = posix.readlink(f"/proc/{self.pid}/exe")
             except OSError:
                 exe = ""
             if exe not in ("", "/") and not any(n in exe for n in names):
@@ -550,7 +550,7 @@ class Monitor:
         status = self.reaped.get(self.pid)
         # runc 1.1 exits 1 after printing the error, other versions 255.
         if self.exec_confirmed or status is None or \
-                os.waitstatus_to_exitcode(status) not in (1, 255):
+                posix.waitstatus_to_exitcode(status) not in (1, 255):
             return ""
         self.drain(0.5)
         line = self.last_stderr_line().strip()
@@ -656,11 +656,11 @@ class Monitor:
         if failure:
             return self.fail(failure)
         result: dict[str, Any] = {"error": None}
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
+        if posix.WIFSIGNALED(status):
+            sig = posix.WTERMSIG(status)
             result.update(exit_code=128 + sig, signal=signal_name(sig))
         else:
-            result.update(exit_code=os.WEXITSTATUS(status), signal=None)
+            result.update(exit_code=posix.WEXITSTATUS(status), signal=None)
         # Before finish(): the runtime's delete removes the cgroup that holds the count.
         result["oom_killed"] = bool(oom.kills(self.cgroup_path))
         if self.stop_requested_signal:
@@ -717,8 +717,8 @@ def parse_args(argv: list[str]) -> SimpleNamespace:
 
 def _executable(runtime: str) -> bool:
     # The manager passes an absolute path: no need to import shutil for which().
-    if os.path.isabs(runtime):
-        return os.access(runtime, os.X_OK) and not os.path.isdir(runtime)
+    if runtime.startswith("/"):
+        return posix.access(runtime, posix.X_OK) and not leanos.isdir(runtime)
     import shutil
 
     return shutil.which(runtime) is not None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import _socket
-import os
 
+from sdshim import leanos
 from sdshim.shim.listener import unix_socket
 
 # systemd ignores notification datagrams larger than this.
@@ -13,7 +13,7 @@ MAX_NOTIFY = 4096
 
 class Notifier:
     def __init__(self) -> None:
-        path = os.environ.pop("NOTIFY_SOCKET", "")
+        path = leanos.popenv("NOTIFY_SOCKET")  # not for the programs it starts
         self.addr = "\0" + path[1:] if path.startswith("@") else path
         self.sock: _socket.socket | None = None
         if self.addr:

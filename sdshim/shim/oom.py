@@ -8,13 +8,14 @@ cgroup, so the leaf is the only place to look. conmon reads the same counters.
 
 from __future__ import annotations
 
-import os
+import posix
 
+from sdshim import leanos
 from sdshim.shim.cgroup import CGROUP_FS
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
-    from sdshim.rundir import StrPath
+    from sdshim.leanos import StrPath
 
 # Files holding the oom_kill counter, by layout: unified (v2) first, then v1.
 _COUNTERS = (("unified", "memory.events"), ("", "memory.events"),
@@ -28,7 +29,7 @@ def kills(cgroup_path: str, root: StrPath = CGROUP_FS) -> int | None:
     if not cgroup_path:
         return None
     for mount, name in _COUNTERS:
-        path = os.path.join(root, mount, cgroup_path.lstrip("/"), name)
+        path = leanos.join(root, mount, cgroup_path.lstrip("/"), name)
         try:
             with open(path) as f:
                 text = f.read()
@@ -51,11 +52,11 @@ def protect_monitor() -> int | None:
     try:
         with open(OOM_SCORE_ADJ) as f:
             original = int(f.read())
-        fd = os.open(OOM_SCORE_ADJ, os.O_WRONLY | os.O_CLOEXEC)
+        fd = posix.open(OOM_SCORE_ADJ, posix.O_WRONLY | posix.O_CLOEXEC)
         try:
-            os.write(fd, str(MONITOR_OOM_SCORE_ADJ).encode())
+            posix.write(fd, str(MONITOR_OOM_SCORE_ADJ).encode())
         finally:
-            os.close(fd)
+            posix.close(fd)
     except (OSError, ValueError):
         return None
     return original

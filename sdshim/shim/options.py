@@ -7,8 +7,9 @@ every container ~2.7 ms of start-up and ~0.6 MB of private memory.
 
 from __future__ import annotations
 
-import os
 import sys
+
+from sdshim import leanos
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def _fail(message: str) -> NoReturn:
 def parse(argv: list[str]) -> SimpleNamespace:
     """--opt VALUE, --opt=VALUE and flags; exits 2 with a message on bad input."""
     values: dict[str, object] = {opt: default for opt, (_, default) in OPTIONS.items()}
-    values["--unit"] = os.environ.get("SDSHIM_UNIT", "")
+    values["--unit"] = leanos.getenv("SDSHIM_UNIT")
     values["--command"] = []
     lists: dict[str, list[object]] = {opt: [] for opt, (_, default) in OPTIONS.items()
                                       if isinstance(default, list)}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import posix
 
-from sdshim import leanjson
+from sdshim import leanjson, leanos
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
 
 TYPE_CHECKING = False  # the monitor's start-up skips `typing` (see tests/test_footprint.py)
@@ -21,7 +21,7 @@ class Runtime:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.path)
+        return leanos.basename(self.path)
 
     @property
     def places_processes(self) -> bool:
@@ -60,10 +60,11 @@ def write_config(bundle: str, target: str, cgroups_path: str,
     oom_score_adj: the container's, unless the bundle sets one (the monitor lowers its
     own, and the container must not inherit that).
     """
-    with open(os.path.join(bundle, "config.json"), "rb") as f:
+    with open(leanos.join(bundle, "config.json"), "rb") as f:
         config: dict[str, Any] = leanjson.loads(f.read().decode())
     root = config.setdefault("root", {})
-    root["path"] = os.path.realpath(os.path.join(bundle, root.get("path", "rootfs")))
+    # Absolute: the config is read from another directory. runc resolves the links.
+    root["path"] = leanos.join(posix.getcwd(), bundle, root.get("path", "rootfs"))
     if cgroups_path:
         config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
     process = config.setdefault("process", {})
@@ -71,10 +72,10 @@ def write_config(bundle: str, target: str, cgroups_path: str,
     if oom_score_adj is not None:
         process.setdefault("oomScoreAdj", oom_score_adj)
     try:
-        os.mkdir(target)
+        posix.mkdir(target)
     except FileExistsError:
         pass
-    with open(os.path.join(target, "config.json"), "w") as f:
+    with open(leanos.join(target, "config.json"), "w") as f:
         f.write(leanjson.dumps(config))
     return config
 

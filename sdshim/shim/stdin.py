@@ -9,7 +9,7 @@ the attach server stops reading its clients until the container catches up.
 from __future__ import annotations
 
 import errno
-import os
+import posix
 
 from sdshim.shim.poller import EVENT_WRITE
 
@@ -28,7 +28,7 @@ class Stdin:
         """fd: the pipe's write end, or (terminal) a duplicate of the pty master."""
         self.poller = poller
         self.fd = fd
-        os.set_blocking(fd, False)
+        posix.set_blocking(fd, False)
         # A pipe is closed at the client's EOF; a terminal gets its EOF as a ^D typed
         # in raw mode, and closing the master would hang up the container's terminal.
         self.close_on_eof = close_on_eof
@@ -61,7 +61,7 @@ class Stdin:
     def _flush(self, _fileobj: object = None) -> None:
         while self.pending and self.open:
             try:
-                n = os.write(self.fd, self.pending[:65536])
+                n = posix.write(self.fd, self.pending[:65536])
             except BlockingIOError:
                 break
             except OSError as e:
@@ -92,7 +92,7 @@ class Stdin:
             self.poller.unregister(self.fd)
             self.registered = False
         try:
-            os.close(self.fd)
+            posix.close(self.fd)
         except OSError:
             pass
         self.fd = -1

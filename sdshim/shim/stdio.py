@@ -13,9 +13,9 @@ terminal or stdin, and each imported module costs every monitor memory.
 from __future__ import annotations
 
 import _socket
-import os
+import posix
 
-from sdshim import spawn
+from sdshim import leanos, spawn
 from sdshim.shim.listener import Listener
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -54,12 +54,12 @@ class Stdio:
         self._stdin_r = -1
 
     def listen(self) -> None:
-        self.listener = Listener(self.poller, os.path.join(self.dir, ATTACH_SOCKET),
+        self.listener = Listener(self.poller, leanos.join(self.dir, ATTACH_SOCKET),
                                  _socket.SOCK_SEQPACKET, 16, self._on_client)
         if self.tty:
             from sdshim.shim.console import ConsoleSocket
 
-            self.console = ConsoleSocket(self.poller, os.path.join(self.dir, CONSOLE_SOCKET),
+            self.console = ConsoleSocket(self.poller, leanos.join(self.dir, CONSOLE_SOCKET),
                                          self._on_master)
 
     def _on_client(self, conn: _socket.socket) -> None:
@@ -74,7 +74,7 @@ class Stdio:
     # --- around the runtime command that makes the process -----------------------------
 
     def runtime_args(self) -> list[str]:
-        return ["--console-socket", os.path.join(self.dir, CONSOLE_SOCKET)] if self.tty \
+        return ["--console-socket", leanos.join(self.dir, CONSOLE_SOCKET)] if self.tty \
             else []
 
     def runtime_stdin(self) -> int:
@@ -83,26 +83,26 @@ class Stdio:
             return spawn.DEVNULL
         from sdshim.shim.stdin import Stdin
 
-        self._stdin_r, write_end = os.pipe2(os.O_CLOEXEC)
+        self._stdin_r, write_end = posix.pipe2(posix.O_CLOEXEC)
         self.stdin = Stdin(self.poller, write_end, close_on_eof=True, on_drain=self._drained)
         return self._stdin_r
 
     def after_spawn(self) -> None:
         if self._stdin_r >= 0:
-            os.close(self._stdin_r)
+            posix.close(self._stdin_r)
             self._stdin_r = -1
 
     def terminal_ready(self) -> bool:
         return not self.tty or self.master >= 0
 
     def _on_master(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.master = os.dup(fd)
+        posix.set_blocking(fd, False)
+        self.master = posix.dup(fd)
         self._set_size(fd)
         if self.want_stdin:
             from sdshim.shim.stdin import Stdin
 
-            self.stdin = Stdin(self.poller, os.dup(fd), close_on_eof=False,
+            self.stdin = Stdin(self.poller, posix.dup(fd), close_on_eof=False,
                                on_drain=self._drained)
         self.on_terminal(fd)
 
@@ -155,6 +155,6 @@ class Stdio:
             if part is not None:
                 part.close()
         if self.master >= 0:
-            os.close(self.master)
+            posix.close(self.master)
             self.master = -1
         self.after_spawn()
