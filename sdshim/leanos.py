@@ -10,6 +10,7 @@ is posix.environ, the one the process started with: the monitor never sets varia
 
 from __future__ import annotations
 
+import errno
 import posix
 import sys
 
@@ -76,6 +77,34 @@ def dirname(path: str) -> str:
 
 def basename(path: str) -> str:
     return path[path.rfind("/") + 1:]
+
+
+def realpath(path: str) -> str:
+    """os.path.realpath of an absolute path: every symbolic link resolved, missing
+    parts kept as they are."""
+    resolved = ""
+    pending = [p for p in reversed(path.split("/")) if p]
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            resolved = resolved.rpartition("/")[0]
+            continue
+        candidate = f"{resolved}/{part}"
+        try:
+            target = posix.readlink(candidate)
+        except OSError:  # not a link, or missing
+            resolved = candidate
+            continue
+        links += 1
+        if links > 40:  # the kernel's limit too
+            raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+        if target.startswith("/"):
+            resolved = ""
+        pending.extend(p for p in reversed(target.split("/")) if p)
+    return resolved or "/"
 
 
 def isdir(path: str) -> bool:

@@ -441,3 +441,18 @@ def test_leanos_environment() -> None:
     first, *inherited = out.splitlines()
     assert first == repr(["v\udcff", True, False, "v\udcff", False, "gone"])
     assert not any(line.startswith("SDSHIM_T=") for line in inherited)
+
+
+def test_leanos_realpath_is_posixpath_realpath(tmp_path: Path) -> None:
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "rel").symlink_to("real/deep")
+    (tmp_path / "abs").symlink_to(tmp_path / "real")
+    (tmp_path / "chain").symlink_to("abs/../rel")
+    (tmp_path / "loop").symlink_to("loop")
+    for path in ("rel", "abs/deep", "chain", "chain/../rel/x", "missing/y", "real/./deep/..",
+                 "abs/deep/../../rel", "."):
+        full = f"{tmp_path}/{path}"
+        assert leanos.realpath(full) == os.path.realpath(full), path
+    assert leanos.realpath("/") == "/"
+    with pytest.raises(OSError):
+        leanos.realpath(f"{tmp_path}/loop")

@@ -63,8 +63,9 @@ def write_config(bundle: str, target: str, cgroups_path: str,
     with open(leanos.join(bundle, "config.json"), "rb") as f:
         config: dict[str, Any] = leanjson.loads(f.read().decode())
     root = config.setdefault("root", {})
-    # Absolute: the config is read from another directory. runc resolves the links.
-    root["path"] = leanos.join(posix.getcwd(), bundle, root.get("path", "rootfs"))
+    # runc wants it absolute (the config is read from another directory), no links.
+    root["path"] = leanos.realpath(leanos.join(posix.getcwd(), bundle,
+                                               root.get("path", "rootfs")))
     if cgroups_path:
         config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
     process = config.setdefault("process", {})
