@@ -120,9 +120,18 @@ def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], dict[str
     monitor it starts runs from it too. Returns the command, the environment to run it
     in (without the PYTHONPATH the benchmarks run with, which would put the checkout
     before the installed copy), and what it is, for the report."""
+    script = installed_python(scratch, repo).with_name("sdshim")
+    version = spawn.run([SYSTEM_PYTHON, "-c", "import platform; "
+                         "print(platform.python_version())"]).stdout.decode().strip()
+    return ([str(script)], spawn.environ_without("PYTHONPATH"),
+            f"{script}: regular install of {repo} for {SYSTEM_PYTHON} {version} (venv, "
+            "system site-packages)")
+
+
+def installed_python(scratch: Path, repo: Path = REPO) -> Path:
+    """The python3 of installed_cli's venv, made if need be."""
     venv = scratch / f"cli-venv-{repo.name}"
-    script = venv / "bin" / "sdshim"
-    if not script.exists():
+    if not (venv / "bin" / "sdshim").exists():
         # Installed from a copy: an in-tree build would leave build/ in the checkout.
         source = scratch / f"cli-source-{repo.name}"
         shutil.rmtree(source, ignore_errors=True)
@@ -135,11 +144,7 @@ def installed_cli(scratch: Path, repo: Path = REPO) -> tuple[list[str], dict[str
         spawn.run([str(venv / "bin" / "python3"), "-m", "pip", "install", "--quiet",
                    "--no-index", "--no-deps", "--no-build-isolation", str(source)],
                   timeout=300)
-    version = spawn.run([SYSTEM_PYTHON, "-c", "import platform; "
-                         "print(platform.python_version())"]).stdout.decode().strip()
-    return ([str(script)], spawn.environ_without("PYTHONPATH"),
-            f"{script}: regular install of {repo} for {SYSTEM_PYTHON} {version} (venv, "
-            "system site-packages)")
+    return venv / "bin" / "python3"
 
 
 def podman_env(scratch: Path) -> dict[str, str]:

@@ -149,8 +149,8 @@ def soak(scratch: Path, seconds: float) -> dict[str, Any]:
               f"yes $line | head -c {SOAK_RATE}; i=$((i+1)); echo burst $i >&2; sleep 1; done")
     bundle = common.make_bundle(scratch, "soak", ["sh", "-c", script])
     name = f"soak-{secrets.token_hex(3)}"
-    cli = common.sdshim_cli()
-    spawn.run([*cli, "run", "-d", "--name", name, str(bundle)])
+    cli, env, _what = common.installed_cli(scratch)
+    spawn.run([*cli, "run", "-d", "--name", name, str(bundle)], env=env)
     pid = int(spawn.run(["systemctl", "show", "-P", "MainPID", f"sdshim-{name}.service"])
               .stdout.decode())
     samples: list[dict[str, float]] = []
@@ -166,7 +166,7 @@ def soak(scratch: Path, seconds: float) -> dict[str, Any]:
                             f"_SYSTEMD_UNIT=sdshim-{name}.service", "PRIORITY=3"]
                            ).stdout.decode().split()
     finally:
-        spawn.run([*cli, "delete", "--force", name])
+        spawn.run([*cli, "delete", "--force", name], env=env)
     sent = int(bursts[-1]) * SOAK_RATE if bursts else 0
     return {"seconds": seconds, "rate_mb_s": sent / seconds / (1 << 20),
             "samples": samples, **growth(samples)}

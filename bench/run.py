@@ -51,10 +51,11 @@ def check() -> None:
                          "runc, conmon, podman, busybox-static)")
 
 
-def inside(box: testbed.Box, module: str, *args: str, timeout: float = 600) -> Any:
+def inside(box: testbed.Box, module: str, *args: str, timeout: float = 600,
+           python: str = sys.executable) -> Any:
     """Run `python3 -m bench.MODULE args` inside the box; its JSON result."""
     env = dict(os.environ, PYTHONPATH=str(common.REPO))
-    out = spawn.run(box.argv([sys.executable, "-m", f"bench.{module}", *args]), env=env,
+    out = spawn.run(box.argv([python, "-m", f"bench.{module}", *args]), env=env,
                     stderr=sys.stderr, timeout=timeout)
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
@@ -259,18 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with testbed.booted([common.REPO, scratch]) as box:
                 s = str(scratch)
+                # The monitors the footprint starts (through the Python API) run on
+                # the interpreter that starts them: the installed CLI's, as in startup.
+                py = str(common.installed_python(scratch))
                 if "startup" not in args.skip:
                     results["startup"] = inside(box, "startup", s, "--runs", str(args.runs))
                 if "memory" not in args.skip:
                     results["memory"] = inside(box, "footprint", s, "memory",
-                                               "--idle", str(args.idle))
+                                               "--idle", str(args.idle), python=py)
                 if "scale" not in args.skip:
                     results["scale"] = inside(box, "footprint", s, "scale",
-                                              "--count", str(args.scale))
+                                              "--count", str(args.scale), python=py)
                 if "soak" not in args.skip:
                     results["soak"] = inside(box, "footprint", s, "soak",
                                              "--seconds", str(args.soak),
-                                             timeout=args.soak + 300)
+                                             timeout=args.soak + 300, python=py)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if "logs" not in args.skip:
