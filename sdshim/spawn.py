@@ -132,13 +132,17 @@ def launch(
             actions.append((posix.POSIX_SPAWN_DUP2, fd, target))
     try:
         return posix.posix_spawnp(argv[0], list(argv), leanos.environ() if env is None else env,
-                               file_actions=actions, setsigdef=_RESET_SIGNALS)
+                                  file_actions=actions, setsigdef=_RESET_SIGNALS)
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
 
 
 def environ_without(*keys: str) -> dict[str, str]:
-    return leanos.environ(*keys)
+    """os.environ less keys (what this process has set included; the monitor, which
+    sets nothing and does not load os, uses leanos.environ)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in keys}
 
 
 async def start_async(argv: Sequence[str], *, stdout: int = PIPE,

@@ -468,8 +468,8 @@ class Monitor:
                       preexec: Callable[[], None] | None = None) -> str:
         """The runtime command that makes the container's process (create, run, exec),
         its output to out_w and err_w (closed here); sets self.pid. An error, or ''."""
-        env = spawn.environ_without("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
-                                    "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
+        env = leanos.environ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+                             "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
         argv = self.rt.argv(command, *options, *self.stdio.runtime_args(),
                             "--pid-file", self.path("pid"), self.id, *args)
         try:
