@@ -213,3 +213,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    config.addinivalue_line(
+        "markers", "integration: needs root and the booted test bed (real systemd, runc)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test is an integration test exactly when it reaches the test bed: marked by
+    # construction, so `pytest -m "not integration"` never boots a box.
+    for item in items:
+        if "bed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
