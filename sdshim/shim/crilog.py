@@ -14,10 +14,14 @@ still written whole: the limit bounds the disk use, never the data.
 
 from __future__ import annotations
 
-import posix
 import sys
 import time
-from collections.abc import Sequence
+
+from sdshim.privapi import posix
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TAGS = {False: b" F ", True: b" P "}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import _socket
 import errno
 import fcntl
-import posix
-import time
+import sys
 
 from sdshim import leanos, spawn
+from sdshim.privapi import posix
 from sdshim.shim.listener import unix_socket
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -24,9 +24,10 @@ SO_SNDBUFFORCE = 32  # root may exceed net.core.wmem_max
 SEND_BUFFER = 8 * 1024 * 1024
 PRIORITY_STDOUT = 6  # info
 PRIORITY_STDERR = 3  # err
-# journald's socket was replaced (its socket unit restarted): connect to the new one,
-# trying for this long while it comes back, before giving up on the entry.
-RECONNECT_TIMEOUT = 10.0
+# How long a send may wait for journald to make room: it blocks rather than drops (see
+# JournalWriter), but beyond this the monitor holds the output back instead (see
+# sdshim.shim.output) and serves everything else meanwhile.
+SEND_WAIT = 1.0
 SYNCHRONIZE = b'{"method": "io.systemd.Journal.Synchronize", "parameters": {}}\0'
 _GONE = (errno.ECONNREFUSED, errno.ENOTCONN, errno.ENOENT, errno.EPIPE, errno.ECONNRESET)
 
@@ -60,20 +61,31 @@ class JournalWriter:
         sock = unix_socket(_socket.SOCK_DGRAM)
         _grow_send_buffer(sock)
         try:
-            sock.connect(self.path)
+            sock.connect(self.path)  # a datagram socket's connect never waits
         except OSError:
             sock.close()
             raise
+        sock.settimeout(SEND_WAIT)
         return sock
 
     def send(self, data: bytes) -> None:
+        """Send one entry, waiting at most SEND_WAIT for room; OSError (TimeoutError
+        included) if journald did not take it."""
         try:
             self._send(data)
         except OSError as e:
             if e.errno not in _GONE:
                 raise
-            self._reconnect()
+            self._reconnect()  # journald's socket was replaced (journald restarted)
             self._send(data)
+
+    def try_send(self, data: bytes) -> None:
+        """send() without waiting for room (BlockingIOError if there is none)."""
+        self.sock.settimeout(0.0)
+        try:
+            self.send(data)
+        finally:
+            self.sock.settimeout(SEND_WAIT)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -84,22 +96,15 @@ class JournalWriter:
             self._send_memfd(data)
 
     def _reconnect(self) -> None:
-        deadline = time.monotonic() + RECONNECT_TIMEOUT
-        while True:
-            try:
-                sock = self._connect()
-                break
-            except OSError as e:
-                if e.errno not in _GONE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        """Once, at once: while journald is away, the caller tries again later."""
+        sock = self._connect()
+        timeout = self.sock.gettimeout()
         self.sock.close()
         self.sock = sock
+        sock.settimeout(timeout)
 
     def _send_memfd(self, data: bytes) -> None:
         # Entries larger than a datagram go in a sealed memfd, as the protocol allows.
-        import struct  # lazily: rare
-
         fd = posix.memfd_create("sdshim-journal", posix.MFD_CLOEXEC | posix.MFD_ALLOW_SEALING)
         try:
             view = memoryview(data)
@@ -108,7 +113,7 @@ class JournalWriter:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
             self.sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                    struct.pack("i", fd))])
+                                    fd.to_bytes(4, sys.byteorder, signed=True))])
         finally:
             posix.close(fd)
 
