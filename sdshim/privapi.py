@@ -118,12 +118,25 @@ def json_codec(private: bool = True) -> tuple[Encoder, Scanner, type[ValueError]
 
 # --- sockets --------------------------------------------------------------------------
 
+def _has_private_accept() -> bool:
+    try:
+        import _socket
+    except ImportError:  # pragma: no cover
+        return False
+    return callable(getattr(_socket.socket, "_accept", None))
+
+
+# Decided at import, so that the fallback's module is loaded at start-up, not later.
+PRIVATE_ACCEPT = _has_private_accept()
+if not PRIVATE_ACCEPT:  # pragma: no cover - exercised through _accept_public
+    import socket as _socket_module  # noqa: F401
+
+
 def accept(sock: Any) -> int:
     """Accept a connection on a listening socket made with _socket: its fd (close-on-exec
     as the listener, blocking). socket.socket.accept() wraps _socket.socket._accept()."""
-    core = getattr(sock, "_accept", None)
-    if core is not None:
-        fd: int = core()[0]
+    if PRIVATE_ACCEPT:
+        fd: int = sock._accept()[0]
         return fd
     return _accept_public(sock)
 

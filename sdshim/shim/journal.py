@@ -8,13 +8,16 @@ import errno
 import fcntl
 import sys
 
-from sdshim import leanos, spawn
+from sdshim import leanos
 from sdshim.privapi import posix
 from sdshim.shim.listener import unix_socket
+from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
+
+    from sdshim.shim.poller import Poller
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STREAM_SOCKET = "/run/systemd/journal/stdout"
@@ -161,40 +164,57 @@ def open_streams(identifier: str, unit: str) -> tuple[int, int]:
         raise
 
 
-def last_stream_line(identifier: str, priority: int) -> bytes:
-    """The last line this unit's invocation wrote with identifier and priority through
-    a stream connection (the monitor never saw it): asked of journald once stored."""
-    sync()
-    out = spawn.run(["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
-                     f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
-                     f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"],
-                    check=False, timeout=10)
-    return out.stdout.rstrip(b"\n")
-
-
-def sync(timeout: float = 5.0, path: str = VARLINK_SOCKET) -> bool:
-    """Wait until journald has processed everything sent to it so far; True if it said so.
+def synchronize(poller: Poller, done: Callable[[bool], None], timeout: float = 5.0,
+                path: str = VARLINK_SOCKET) -> None:
+    """done(True) once journald has processed everything sent to it so far; done(False)
+    if it cannot say so within timeout. Served by the loop: nothing waits.
 
     journald answers io.systemd.Journal.Synchronize from a low-priority event, after
     every pending datagram and stream byte: lines a container wrote to a stream
-    connection are in the journal before an entry sent after this returns.
+    connection are in the journal before an entry sent after done() is called.
     """
     sock = unix_socket(_socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(SYNCHRONIZE)
-        reply = b""
-        while not reply.endswith(b"\0"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                return False
-            reply += chunk
-        return b'"error"' not in reply
-    except OSError:
-        return False
-    finally:
+    reply = bytearray()
+    timer = "journal-sync"
+
+    def end(ok: bool) -> None:
+        poller.cancel(timer)
+        poller.unregister(sock)
         sock.close()
+        done(ok)
+
+    def readable(_fileobj: object) -> None:
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            end(False)
+            return
+        reply.extend(chunk)
+        if reply.endswith(b"\0"):
+            end(b'"error"' not in reply)
+
+    try:
+        sock.setblocking(False)
+        sock.connect(path)  # a unix socket connects at once, or fails (EAGAIN: busy)
+        sock.send(SYNCHRONIZE)  # a few bytes into an empty buffer: they fit
+    except OSError:
+        sock.close()
+        done(False)
+        return
+    poller.register(sock, EVENT_READ, readable, on_error=lambda _e: end(False))
+    poller.arm(timer, timeout, lambda: end(False))
+
+
+def stream_line_query(identifier: str, priority: int) -> list[str]:
+    """journalctl's argv for the last line this unit's invocation wrote with identifier
+    and priority through a stream connection (the monitor never saw it)."""
+    return ["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
+            f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
+            f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"]
 
 
 class LineSplitter:

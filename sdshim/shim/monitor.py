@@ -87,6 +87,9 @@ DRAIN_TIMEOUT = 5.0
 # How long the runtime may take to pass the terminal after its command returned.
 TERMINAL_WAIT = 5.0
 TERMINAL_TIMER = "terminal"
+# journalctl, asked for a stream-driver line: how long, and how much is read of it.
+QUERY_TIMEOUT = 10.0
+QUERY_LIMIT = 1 << 20
 
 
 class NameTakenError(Exception):
@@ -106,7 +109,8 @@ class Shell:
         self.rt = runtime.Runtime(opts.runtime, rundir.runtime_root(opts.runtime),
                                   self.path("runtime.log"))
         self.poller = Poller(self._fault_in_core)
-        self.reaper = ChildReaper(lambda pid, status: self.feed(Reaped(pid, status)))
+        self.reaper = ChildReaper(lambda pid, status: self.feed(Reaped(pid, status)),
+                                  self._fault_in_core)
         self.state: dict[str, Any] = {}
         self.cgroup_path = ""  # the container's cgroup, as given to the runtime
         self.oom_score_adj: int | None = None  # what the container gets (see oom.py)
@@ -281,8 +285,7 @@ class Shell:
             self.reaper.reap()  # an exit that already happened comes first
             self.feed(ExecChecked(self._exec_confirmed()))
         elif isinstance(action, Drain):
-            self.streams.drain(action.seconds,
-                               lambda: self.feed(Drained(self._last_stderr_line())))
+            self.streams.drain(action.seconds, self._drained)
         elif isinstance(action, Reply):
             if self.control is not None:
                 self.control.reply(action.ident, action.reply)
@@ -349,7 +352,11 @@ class Shell:
             self.feed(RuntimeDone(verb, f"{self.rt.name} {verb} left no usable pid file: {e}"))
             return
         if verb != "exec" and self.opts.unit:
-            cgroup.adopt(self.opts.unit, pid)
+            try:
+                cgroup.adopt(self.opts.unit, pid)
+            except OSError as e:  # outside its unit's cgroup, no limit would hold it
+                self.feed(RuntimeDone(verb, str(e)))
+                return
         done = RuntimeDone(verb, "", pid)
         if self.stdio.terminal_ready():
             self.feed(done)
@@ -445,10 +452,57 @@ class Shell:
             return False
         return not runtime.is_runtime_exe(exe, self.rt.path)
 
-    def _last_stderr_line(self) -> bytes:
+    def _drained(self) -> None:
+        """The output is read: the last stderr line to the lifecycle. With the stream
+        driver the monitor never saw it: journald has it, once synchronized."""
         if self.log_driver == "stream" and not self.opts.tty:
-            return journal.last_stream_line(self.name, journal.PRIORITY_STDERR)
-        return self.streams.last_stderr_line()
+            self._query_stream_line(lambda line: self.feed(Drained(line)))
+        else:
+            self.feed(Drained(self.streams.last_stderr_line()))
+
+    def _query_stream_line(self, done: Callable[[bytes], None]) -> None:
+        """done(the last stderr line the stream connection took), by journalctl,
+        run as a continuation: its output read in the loop, its end reaped."""
+        out = bytearray()
+        ended: list[str] = []
+
+        def part_done(what: str) -> None:
+            ended.append(what)
+            if len(ended) == 2:
+                self.poller.cancel("journal-query")
+                done(bytes(out).rstrip(b"\n"))
+
+        def synced(_ok: bool) -> None:
+            r, w = posix.pipe2(posix.O_CLOEXEC)
+            try:
+                pid = spawn.launch(journal.stream_line_query(self.name,
+                                                             journal.PRIORITY_STDERR),
+                                   stdin=spawn.DEVNULL, stdout=w, stderr=spawn.DEVNULL)
+            except spawn.CommandError:
+                posix.close(r)
+                done(b"")
+                return
+            finally:
+                posix.close(w)
+            posix.set_blocking(r, False)
+
+            def readable(_fileobj: object) -> None:
+                try:
+                    chunk = posix.read(r, 65536)
+                except BlockingIOError:
+                    return
+                if chunk and len(out) < QUERY_LIMIT:
+                    out.extend(chunk)
+                    return
+                self.poller.unregister(r)
+                posix.close(r)
+                part_done("eof")
+
+            self.poller.register(r, EVENT_READ, readable)
+            self.reaper.expect(pid, lambda _status: part_done("reaped"))
+            self.poller.arm("journal-query", QUERY_TIMEOUT, lambda: _kill(pid))
+
+        journal.synchronize(self.poller, synced)
 
     # --- the end ----------------------------------------------------------------------
 
@@ -481,7 +535,12 @@ class Shell:
         if self.journal is not None:
             # Everything the container wrote is in the journal before the exit record
             # says it ended (stream lines may even be queued behind the exit event).
-            journal.sync()
+            self.output.flush_backlog()
+            journal.synchronize(self.poller, lambda _ok: self._write_record(action, result))
+        else:
+            self._write_record(action, result)
+
+    def _write_record(self, action: Finish, result: dict[str, Any]) -> None:
         code = action.code
         times = posix.times()  # the monitor and the runtime commands it ran
         result.setdefault("finished_at", rundir.now_iso())
@@ -562,6 +621,13 @@ class Shell:
             self.perform(action)
         self.poller.run()
         return self.exit_code
+
+
+def _kill(pid: int) -> None:
+    try:
+        posix.kill(pid, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _noop(_signum: int, _frame: object) -> None:

@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 
 class ChildReaper:
-    def __init__(self, on_other: Callable[[int, int], None]) -> None:
+    def __init__(self, on_other: Callable[[int, int], None],
+                 on_error: Callable[[BaseException], None]) -> None:
+        """on_error: a callback raised; the others still run."""
         self.on_other = on_other
+        self.on_error = on_error
         self.waiting: dict[int, Callable[[int], None]] = {}  # pid -> continuation(status)
 
     def expect(self, pid: int, continuation: Callable[[int], None]) -> None:
@@ -43,8 +46,14 @@ class ChildReaper:
         for pid, status in ended:
             continuation = self.waiting.pop(pid, None)
             if continuation is None:
-                self.on_other(pid, status)
+                self._call(self.on_other, pid, status)
             else:
                 continuations.append((continuation, status))
         for continuation, status in continuations:
-            continuation(status)
+            self._call(continuation, status)
+
+    def _call(self, callback: Callable[..., None], *args: int) -> None:
+        try:
+            callback(*args)
+        except Exception as e:
+            self.on_error(e)
