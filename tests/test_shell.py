@@ -292,3 +292,30 @@ def test_spawn_launch_with_preexec_forks_without_subprocess(tmp_path: Path) -> N
         spawn.launch(["true"], preexec=broken)
     with pytest.raises(spawn.CommandError, match="program not found"):
         spawn.launch(["no-such-program-here"], preexec=lambda: None)
+
+
+def test_after_set_up_no_module_can_be_loaded_from_disk() -> None:
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from sdshim.shim import monitor\n"
+            "monitor.freeze_imports()\n"
+            "import _signal, sdshim.shim.poller  # built in, or loaded already: fine\n"
+            "try:\n"
+            "    import json\n"
+            "except ModuleNotFoundError as e:\n"
+            "    print('refused', e.name)\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(root)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "refused json", out
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_monitor_refuses_timeouts_that_are_no_durations(value: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from sdshim.shim import monitor
+
+    with pytest.raises(SystemExit) as exc:
+        monitor.parse_args(["--name", "n", "--id", "i", "--bundle", "/b", "--runtime", "runc",
+                            "--stop-timeout", value])
+    assert exc.value.code == 2
+    assert "--stop-timeout must be a number of seconds" in capsys.readouterr().err

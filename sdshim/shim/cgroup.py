@@ -8,10 +8,10 @@ On hybrid hosts the same split is made in every hierarchy the unit owns.
 from __future__ import annotations
 
 import errno
-import sys
 
 from sdshim import leanos
 from sdshim.privapi import posix
+from sdshim.shim.notify import say
 
 CGROUP_FS = "/sys/fs/cgroup"
 SUPERVISOR = "supervisor"
@@ -88,7 +88,7 @@ def _move(leaves: list[str], pid: int) -> None:
                 error = CgroupError(message)
                 error.errno = e.errno
                 raise error from e
-            print(f"sdshim: warning: {message}", file=sys.stderr)
+            say(f"sdshim: warning: {message}")
 
 
 def adopt(unit: str, pid: int) -> None:

@@ -14,10 +14,10 @@ still written whole: the limit bounds the disk use, never the data.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from sdshim.privapi import posix
+from sdshim.shim.notify import say
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class CriLog:
         except OSError as e:
             # The journal still has every line; say so once per failure streak.
             if not self.failing:
-                print(f"sdshim: cannot write log file {self.path}: {e}", file=sys.stderr)
+                say(f"sdshim: cannot write log file {self.path}: {e}")
             self.failing = True
 
     def _write_rotating(self, records: list[bytes]) -> None:

@@ -44,7 +44,7 @@ from sdshim.shim.lifecycle import (
     TimerFired,
     WriteState,
 )
-from sdshim.shim.notify import Notifier
+from sdshim.shim.notify import Notifier, say
 from sdshim.shim.output import Output
 from sdshim.shim.poller import EVENT_READ, Poller
 from sdshim.shim.reaper import ChildReaper
@@ -193,8 +193,8 @@ class Shell:
         try:
             self.journal = JournalWriter()
         except OSError as e:
-            print(f"sdshim: journald not reachable ({e}); container output goes to the "
-                  "unit's stdout", file=sys.stderr)
+            say(f"sdshim: journald not reachable ({e}); container output goes to the "
+                "unit's stdout")
         self.output.journal = self.journal
         self.output.fields = self.fields
 
@@ -435,8 +435,8 @@ class Shell:
             try:
                 return journal.open_streams(self.name, self.opts.unit)
             except OSError as e:
-                print(f"sdshim: journald stream socket not reachable ({e}); forwarding "
-                      "output over the native protocol instead", file=sys.stderr)
+                say(f"sdshim: journald stream socket not reachable ({e}); forwarding "
+                    "output over the native protocol instead")
                 self.log_driver = "native"
         if self.opts.log_path and self.output.cri is None:
             self.output.open_cri(self.opts.log_path, self.opts.log_size_max)
@@ -569,14 +569,14 @@ class Shell:
     def event(self, message: str, **extra: str) -> None:
         """An entry about the container's life (not its output) in the unit's journal."""
         if self.journal is None or not self.output.journal_ok:
-            print(f"sdshim: {message}", file=sys.stderr)
+            say(f"sdshim: {message}")
             return
         fields = {"MESSAGE": message, "PRIORITY": "6", "SYSLOG_IDENTIFIER": "sdshim",
                   **self.event_ids, **extra}
         try:
             self.journal.send(b"".join(encode_field(k, v.encode()) for k, v in fields.items()))
         except OSError:
-            print(f"sdshim: {message}", file=sys.stderr)
+            say(f"sdshim: {message}")
 
     def lost(self, what: str) -> None:
         """A part failed and is disabled: say so once (the container runs on)."""
@@ -590,7 +590,10 @@ class Shell:
     def _fault_in_core(self, e: BaseException) -> None:
         """An unexpected error where no part can be disabled: a bug. Never the
         container's end: say so, with the traceback on stderr, and go on."""
-        sys.__excepthook__(type(e), e, e.__traceback__)
+        try:
+            sys.__excepthook__(type(e), e, e.__traceback__)
+        except Exception:
+            pass
         self.lost(f"internal error ({e!r})")
 
     def _backlog(self, full: bool) -> None:
@@ -607,20 +610,31 @@ class Shell:
         try:
             self.setup()
         except NameTakenError as e:
-            print(f"sdshim: {e}", file=sys.stderr)
+            say(f"sdshim: {e}")
             self.notifier.send(STATUS=f"Error: {e}")
             return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
         except OSError as e:
             message = f"cannot set up the monitor: {e}"
-            print(f"sdshim: {message}", file=sys.stderr)
+            say(f"sdshim: {message}")
             self.notifier.send(STATUS=f"Error: {message}")
             return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
         if self.exec_id:
             self.write_exec_record()
         for action in self.life.begin():
             self.perform(action)
+        freeze_imports()
         self.poller.run()
         return self.exit_code
+
+
+def freeze_imports() -> None:
+    """From here on the monitor loads no module: the finder of modules on disk is
+    removed, so an import that set-up missed fails loudly (ModuleNotFoundError, a fault
+    of the part that tried, said in the journal) instead of running code a package
+    upgrade may have replaced meanwhile. Built-in and frozen modules stay (they are
+    in the interpreter, not on disk)."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path
+                        if getattr(finder, "__name__", "") != "PathFinder"]
 
 
 def _kill(pid: int) -> None:
@@ -637,6 +651,12 @@ def _noop(_signum: int, _frame: object) -> None:
 def parse_args(argv: list[str]) -> SimpleNamespace:
     opts = options.parse(argv)
     opts.log_max_line = opts.log_max_line or DEFAULT_MAX_LINE
+    for option in ("stop_timeout", "timeout"):
+        value = getattr(opts, option)
+        if not 0.0 <= value < float("inf"):  # NaN too: a NaN timeout would kill at once
+            say(f"{options.PROG}: error: --{option.replace('_', '-')} must be a number of "
+                f"seconds, 0 or more, not {value}")
+            raise SystemExit(options.USAGE_EXIT)
     if not opts.id:  # a template unit (sdshim@.service) has no manager to pick one
         from sdshim.naming import generate_id
 
@@ -668,6 +688,6 @@ def catch_early_signals() -> None:
 
 def main(opts: SimpleNamespace, life: Lifecycle) -> int:
     if not _executable(opts.runtime):
-        print(f"sdshim: runtime {opts.runtime} not found", file=sys.stderr)
+        say(f"sdshim: runtime {opts.runtime} not found")
         return EXIT_RUNTIME
     return Shell(opts, life).run()

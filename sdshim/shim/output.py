@@ -66,11 +66,14 @@ class Output:
                 self.cri = None
                 self.on_lost(f"the log file is no longer written after an unexpected "
                              f"error ({e!r})")
-        if self.journal is None:
-            out = sys.stdout.buffer
-            for line, partial in lines:
-                out.write(line if partial else line + b"\n")
-            out.flush()
+        if self.journal is None:  # the unit's stdout (journald's stream, if any)
+            try:
+                out = sys.stdout.buffer
+                for line, partial in lines:
+                    out.write(line if partial else line + b"\n")
+                out.flush()
+            except (OSError, ValueError):
+                pass
             return
         tails = self._tails.get(prefix)
         if tails is None:
