@@ -83,7 +83,10 @@ def test_malformed_control_requests_cost_nothing(bed: Bed, name: str,
             s.sendall(data)
         if close_write:
             s.shutdown(socket.SHUT_WR)
-        reply = s.makefile("rb").readline()
+        try:
+            reply = s.makefile("rb").readline()
+        except ConnectionResetError:  # closed with what it did not read: no answer
+            reply = b""
         s.close()
         return reply
 
@@ -162,7 +165,7 @@ def test_journald_stopped_for_30s_and_started_again(bed: Bed, name: str,
 def test_an_attach_client_that_stalls(bed: Bed, name: str, make_bundle: Any) -> None:
     # 8 MB of output while a client reads none of it: it is dropped, the journal gets
     # every line, the container its real status.
-    script = ("i=0; while [ $i -lt 8 ]; do yes $(printf %0999d $i) | head -c 1048576; "
+    script = ("i=0; while [ $i -lt 8 ]; do yes $(printf %0999d $i) | head -n 1024; "
               "i=$((i+1)); sleep 0.5; done; echo done; exit 4")
     bundle = make_bundle("sh", "-c", f"sleep 2; {script}")
     assert bed.sdshim("run", "-d", "--name", name, str(bundle)).returncode == 0
