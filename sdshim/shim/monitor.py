@@ -298,6 +298,13 @@ class Shell:
 
     def _run_runtime(self, verb: str) -> None:
         """Start the runtime's verb; RuntimeDone once it ended (see _runtime_ended)."""
+        try:
+            self._start_runtime(verb)
+        except Exception as e:  # a bug: the lifecycle must hear of it, not wait for ever
+            self._fault_in_core(e)
+            self.feed(RuntimeDone(verb, f"sdshim monitor failed: {e!r}"))
+
+    def _start_runtime(self, verb: str) -> None:
         if verb == "start":
             self._launch(verb, self.rt.argv("start", self.id), stdin=spawn.DEVNULL)
             return
@@ -607,19 +614,27 @@ class Shell:
     # --- the whole --------------------------------------------------------------------
 
     def run(self) -> int:
+        code = EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
         try:
             self.setup()
-        except NameTakenError as e:
+            if self.exec_id:
+                self.write_exec_record()
+        except NameTakenError as e:  # the records are another container's: not a word
             say(f"sdshim: {e}")
             self.notifier.send(STATUS=f"Error: {e}")
-            return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
-        except OSError as e:
+            return code
+        except Exception as e:  # OSError, or a bug: no container exists yet
             message = f"cannot set up the monitor: {e}"
             say(f"sdshim: {message}")
             self.notifier.send(STATUS=f"Error: {message}")
-            return EXIT_RUNTIME if self.opts.restart == "no" else EXIT_NO_RESTART
-        if self.exec_id:
-            self.write_exec_record()
+            try:
+                rundir.write_json(self.path("exit.json"), {
+                    "error": message, "exit_code": EXIT_RUNTIME, "signal": None,
+                    "name": self.name, "id": self.id, "pid": None,
+                    "finished_at": rundir.now_iso(), "monitor_exit_code": code})
+            except OSError:
+                pass
+            return code
         for action in self.life.begin():
             self.perform(action)
         freeze_imports()
