@@ -4,43 +4,20 @@ The json package imports re (and with it enum, functools, ...) for its pure-Pyth
 fallbacks: about 1.2 MB of private memory and 3 ms in every monitor, which reads the
 bundle's config.json and writes its records on every start. json itself uses the same
 C encoder and scanner when they are there, so the results are json's, byte for byte:
-dumps() is json.dumps() with its defaults, loads() is json.loads() on a str.
+dumps() is json.dumps() with its defaults, loads() is json.loads() on a str. Where
+_json is not what it was, sdshim.privapi gives json's own.
 """
 
 from __future__ import annotations
 
-import _json
+from sdshim import privapi
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 _WHITESPACE = " \t\n\r"  # JSON's own, not str.strip()'s wider idea of it
-
-
-def _unserializable(obj: object) -> object:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-# json.JSONEncoder() with its defaults: no circular check (records are flat), ASCII,
-# separators ", " and ": ", keys in insertion order, NaN allowed.
-_encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,
-                             ": ", ", ", False, False, True)
-
-
-class _Options:
-    """What the C scanner reads from json.JSONDecoder: its defaults."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
-                      "NaN": float("nan")}.__getitem__
-
-
-_scan = _json.make_scanner(_Options())  # type: ignore[arg-type]  # typeshed: a JSONDecoder
+_encode, _scan, JSONDecodeError = privapi.json_codec()
 
 
 def dumps(obj: object) -> str:
@@ -48,7 +25,7 @@ def dumps(obj: object) -> str:
 
 
 def loads(text: str) -> Any:
-    """The value text holds; json.JSONDecodeError (a ValueError) if it is not JSON."""
+    """The value text holds; JSONDecodeError (a ValueError) if it is not JSON."""
     if text.startswith("\ufeff"):
         _fail("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
@@ -66,7 +43,4 @@ def _skip_whitespace(text: str, pos: int) -> int:
 
 
 def _fail(message: str, text: str, pos: int) -> NoReturn:
-    # json's own error (the C scanner raises it too); json is imported only now.
-    from json import JSONDecodeError
-
     raise JSONDecodeError(message, text, pos) from None

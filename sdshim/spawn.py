@@ -113,17 +113,13 @@ def launch(
     """Start argv in the background, for the monitor; its pid, for the caller to reap.
     stdin, stdout, stderr: an fd, DEVNULL, or None to inherit.
 
-    start() through posix_spawn, without subprocess (~2 MB in every monitor), unless
-    preexec asks for code in the child. It closes no other fds, and needs not: Python
-    opens every fd close-on-exec (PEP 446), and so does sdshim.
+    start() through posix_spawn, without subprocess (~2 MB in every monitor), or, when
+    preexec asks for code in the child, fork and exec by hand. It closes no other fds,
+    and needs not: Python opens every fd close-on-exec (PEP 446), and so does sdshim.
     """
+    environment = leanos.environ() if env is None else env
     if preexec is not None:
-        proc = start(argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                     preexec=preexec)
-        # The caller reaps it (waitpid(-1)): Popen must never try to, not even when it
-        # is garbage-collected, and believes it already has.
-        proc.returncode = 0
-        return proc.pid
+        return _fork_exec(list(argv), environment, (stdin, stdout, stderr), preexec)
     actions: list[tuple[Any, ...]] = []
     for target, fd in enumerate((stdin, stdout, stderr)):
         if fd == DEVNULL:
@@ -131,10 +127,57 @@ def launch(
         elif fd is not None:
             actions.append((posix.POSIX_SPAWN_DUP2, fd, target))
     try:
-        return posix.posix_spawnp(argv[0], list(argv), leanos.environ() if env is None else env,
+        return posix.posix_spawnp(argv[0], list(argv), environment,
                                   file_actions=actions, setsigdef=_RESET_SIGNALS)
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
+
+
+def _fork_exec(argv: list[str], env: Mapping[str, str], fds: tuple[int | None, ...],
+               preexec: Callable[[], None]) -> int:
+    """posix_spawn's work by hand, with preexec() in the child just before the exec. The
+    child's failure comes back through a close-on-exec pipe, as with subprocess."""
+    path = _which(argv[0], env)
+    if path is None:
+        raise CommandError(f"{argv[0]}: program not found; install it or fix PATH")
+    r, w = posix.pipe2(posix.O_CLOEXEC)
+    pid = posix.fork()
+    if pid == 0:  # the child: nothing here may return
+        try:
+            for sig in _RESET_SIGNALS:
+                _signal.signal(sig, _signal.SIG_DFL)
+            for target, fd in enumerate(fds):
+                if fd == DEVNULL:
+                    fd = posix.open(leanos.DEVNULL_PATH, posix.O_RDWR)
+                if fd is not None:
+                    posix.dup2(fd, target)
+            preexec()
+            posix.execve(path, argv, env)
+        except BaseException as e:
+            try:
+                posix.write(w, str(e).encode(errors="replace")[:4000] or b"failed")
+            finally:
+                posix._exit(127)
+    posix.close(w)
+    try:
+        message = posix.read(r, 4096)  # nothing: the exec closed the pipe
+    finally:
+        posix.close(r)
+    if message:
+        posix.waitpid(pid, 0)
+        raise CommandError(f"{argv[0]}: {message.decode(errors='replace')}")
+    return pid
+
+
+def _which(program: str, env: Mapping[str, str]) -> str | None:
+    if "/" in program:
+        return program
+    for directory in env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                             "/sbin:/bin").split(":"):
+        candidate = leanos.join(directory or ".", program)
+        if posix.access(candidate, posix.X_OK) and not leanos.isdir(candidate):
+            return candidate
+    return None
 
 
 def environ_without(*keys: str) -> dict[str, str]:

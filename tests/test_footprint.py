@@ -34,11 +34,14 @@ STDLIB_ALLOWED = {
     "errno", "fcntl", "select", "_socket", "_json", "_ctypes", "struct", "_struct",
 }
 SDSHIM_ALLOWED = {
-    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.leanos", "sdshim.rundir", "sdshim.spawn",
-    "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.framing", "sdshim.shim.journal",
-    "sdshim.shim.listener", "sdshim.shim.monitor", "sdshim.shim.notify",
-    "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output", "sdshim.shim.poller",
-    "sdshim.shim.runtime", "sdshim.shim.stdio",
+    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.leanos", "sdshim.privapi",
+    "sdshim.rundir", "sdshim.signals", "sdshim.spawn",
+    "sdshim.shim", "sdshim.shim.attach", "sdshim.shim.cgroup", "sdshim.shim.container",
+    "sdshim.shim.control", "sdshim.shim.framing", "sdshim.shim.journal",
+    "sdshim.shim.lifecycle", "sdshim.shim.listener", "sdshim.shim.monitor",
+    "sdshim.shim.notify", "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output",
+    "sdshim.shim.poller", "sdshim.shim.reaper", "sdshim.shim.runtime", "sdshim.shim.stdio",
+    "sdshim.shim.streams",
 }
 # D-Bus and other third-party libraries: the monitor is standard library only.
 DBUS = ("dbus_fast", "dbus", "dbus_next", "jeepney", "gi", "pydbus", "systemd")

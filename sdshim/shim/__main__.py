@@ -5,6 +5,10 @@ sdshim.units.spec.monitor_command): without site, the directory that holds the s
 package is not on sys.path, so put it there -- after the standard library, so that
 nothing installed beside sdshim can shadow a standard module. `python3 -m sdshim.shim`
 works as well.
+
+Here is where it is decided which lifecycle runs: a container's
+(sdshim.shim.container) or, with --exec-id, an exec'd process's
+(sdshim.shim.execprocess). Only that one is loaded.
 """
 
 import posix  # not os: see sdshim.leanos
@@ -14,6 +18,21 @@ if not __package__:
     here = __file__ if __file__.startswith("/") else f"{posix.getcwd()}/{__file__}"
     sys.path.append(here.rsplit("/", 3)[0])  # <dir>/sdshim/shim/__main__.py
 
-from sdshim.shim.monitor import main
+from sdshim.shim import monitor
 
-sys.exit(main())
+monitor.catch_early_signals()
+opts = monitor.parse_args(sys.argv[1:])
+if opts.exec_id:  # the monitor of an `sdshim exec` process
+    from sdshim.shim.execprocess import ExecLifecycle
+
+    life: "monitor.Lifecycle" = ExecLifecycle(
+        opts.name, opts.exec_id, start=opts.start, timeout=opts.timeout,
+        stop_signal=opts.stop_signal, stop_timeout=opts.stop_timeout)
+else:
+    from sdshim.shim.container import ContainerLifecycle
+    from sdshim.shim.runtime import places_processes
+
+    life = ContainerLifecycle(
+        opts.name, start=opts.start, run_detached=places_processes(opts.runtime),
+        restart=opts.restart, stop_signal=opts.stop_signal, stop_timeout=opts.stop_timeout)
+sys.exit(monitor.main(opts, life))

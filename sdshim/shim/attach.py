@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import _socket
 import time
-from collections import deque
 
 from sdshim.shim import framing
 from sdshim.shim.poller import EVENT_READ, EVENT_WRITE
@@ -35,10 +34,47 @@ READ_BATCH = 64
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
 
+class FrameQueue:
+    """First in, first out, without collections.deque (collections costs every monitor
+    ~0.5 MB): a list and the index of its head, compacted as it empties."""
+
+    def __init__(self) -> None:
+        self._items: list[bytes] = []
+        self._head = 0
+
+    def __bool__(self) -> bool:
+        return self._head < len(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def __getitem__(self, index: int) -> bytes:
+        if index != 0 or not self:
+            raise IndexError(index)
+        return self._items[self._head]
+
+    def append(self, item: bytes) -> None:
+        self._items.append(item)
+
+    def popleft(self) -> bytes:
+        if not self:
+            raise IndexError("pop from an empty queue")
+        item = self._items[self._head]
+        self._head += 1
+        if self._head > 64 and self._head * 2 > len(self._items):
+            del self._items[:self._head]
+            self._head = 0
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._head = 0
+
+
 class Client:
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
-        self.queue: deque[bytes] = deque()
+        self.queue = FrameQueue()
         self.queued = 0
         self.muted = False
         self.closing = False  # the exit frame is queued: close once it is sent
@@ -52,31 +88,46 @@ class AttachServer:
 
     def __init__(self, poller: Poller, *,
                  on_input: Callable[[bytes], None], on_resize: Callable[[int, int], None],
-                 on_eof: Callable[[], None], input_full: Callable[[], bool]) -> None:
+                 on_eof: Callable[[], None], input_full: Callable[[], bool],
+                 on_lost: Callable[[str], None]) -> None:
         self.poller = poller
+        self.on_lost = on_lost  # a client dropped after an unexpected error: say so
         self.on_input = on_input
         self.on_resize = on_resize
         self.on_eof = on_eof
         self.input_full = input_full
         self.clients: dict[_socket.socket, Client] = {}
         self.result: dict[str, Any] | None = None
+        self.on_flushed: Callable[[], None] | None = None
 
     # --- connections ---------------------------------------------------------------
 
     def accepted(self, conn: _socket.socket) -> None:
-        conn.setblocking(False)
         client = Client(conn)
         self.clients[conn] = client
-        if self.result is not None:  # the container has ended: say so, then close
-            self._send(client, framing.exit_frame(self.result))
-            client.closing = True
-        self._update(client)
+        try:
+            conn.setblocking(False)
+            if self.result is not None:  # the container has ended: say so, then close
+                self._send(client, framing.exit_frame(self.result))
+                client.closing = True
+            self._update(client)
+        except Exception as e:
+            self._failed(client, e)
 
     def _drop(self, client: Client) -> None:
         if client.events:
             self.poller.unregister(client.sock)
+            client.events = 0
         client.sock.close()
         self.clients.pop(client.sock, None)
+        if self.on_flushed is not None and not self.clients:
+            done, self.on_flushed = self.on_flushed, None
+            done()
+
+    def _failed(self, client: Client, e: BaseException) -> None:
+        """Whatever went wrong with one client costs that client, never the others."""
+        self._drop(client)
+        self.on_lost(f"an attach client was dropped after an unexpected error ({e!r})")
 
     def _update(self, client: Client) -> None:
         if client.closing and not client.queue:
@@ -88,7 +139,8 @@ class AttachServer:
         if events == client.events:
             return
         if not client.events:
-            self.poller.register(client.sock, events, self._on_client)
+            self.poller.register(client.sock, events, self._on_client,
+                                 on_error=lambda e: self._failed(client, e))
         elif not events:
             self.poller.unregister(client.sock)
         else:
@@ -147,11 +199,14 @@ class AttachServer:
         for client in list(self.clients.values()):
             if client.muted or client.closing:
                 continue
-            for f in frames:
-                if not self._offer(client, f):
-                    break
-            if client.sock in self.clients:
-                self._update(client)
+            try:
+                for f in frames:
+                    if not self._offer(client, f):
+                        break
+                if client.sock in self.clients:
+                    self._update(client)
+            except Exception as e:
+                self._failed(client, e)
 
     def _offer(self, client: Client, frame: bytes) -> bool:
         """Output for client: sent, queued, or skipped; False if the client was dropped."""
@@ -204,18 +259,24 @@ class AttachServer:
 
     # --- the end ---------------------------------------------------------------------
 
-    def finish(self, result: dict[str, Any]) -> None:
-        """The container ended: send every client the exit record after its output."""
+    def finish(self, result: dict[str, Any], on_flushed: Callable[[], None]) -> None:
+        """The container ended: send every client the exit record after its output;
+        on_flushed() once every client has it (and is gone)."""
         self.result = result
+        self.on_flushed = on_flushed
         exit_frame = framing.exit_frame(result)
         for client in list(self.clients.values()):
             client.closing = True
             if self._tell_skipped(client) and self._send(client, exit_frame):
                 self._update(client)
+        if not self.clients and self.on_flushed is not None:
+            done, self.on_flushed = self.on_flushed, None
+            done()
 
     def flushed(self) -> bool:
         return not self.clients
 
     def close(self) -> None:
+        self.on_flushed = None
         for client in list(self.clients.values()):
             self._drop(client)

@@ -7,9 +7,11 @@ On hybrid hosts the same split is made in every hierarchy the unit owns.
 
 from __future__ import annotations
 
-import posix
+import errno
 
 from sdshim import leanos
+from sdshim.privapi import posix
+from sdshim.shim.notify import say
 
 CGROUP_FS = "/sys/fs/cgroup"
 SUPERVISOR = "supervisor"
@@ -53,17 +55,40 @@ def _unit_leaves(unit: str, leaf: str) -> list[str]:
     return leaves
 
 
+class CgroupError(OSError):
+    """A move into the unit's own (unified) hierarchy failed: named path and errno."""
+
+
+def _unified(leaf: str) -> bool:
+    return leaf.startswith((leanos.join(CGROUP_FS, "unified") + "/",
+                            leanos.join(CGROUP_FS, "systemd") + "/")) or \
+        leanos.exists(leanos.join(CGROUP_FS, "cgroup.controllers"))
+
+
 def _move(leaves: list[str], pid: int) -> None:
+    """Put pid into every leaf. A failure in the hierarchy systemd delegated (the
+    unified one, or name=systemd) is an error; in a v1 controller's, where the runtime
+    copes, a warning; both name the path and the errno. A pid that is gone is none."""
     for leaf in leaves:
+        procs = leanos.join(leaf, "cgroup.procs")
         try:
             try:
                 posix.mkdir(leaf)
             except FileExistsError:
                 pass
-            with open(leanos.join(leaf, "cgroup.procs"), "w") as f:
+            with open(procs, "w") as f:
                 f.write(str(pid))
-        except OSError:
-            continue  # a hierarchy not delegated to us: the runtime will cope
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                return  # it ended meanwhile: its exit is what counts
+            code = errno.errorcode.get(e.errno or 0, str(e.errno))
+            message = (f"cannot move pid {pid} to {procs}: "
+                       f"{posix.strerror(e.errno or 0)} ({code})")
+            if _unified(leaf):
+                error = CgroupError(message)
+                error.errno = e.errno
+                raise error from e
+            say(f"sdshim: warning: {message}")
 
 
 def adopt(unit: str, pid: int) -> None:

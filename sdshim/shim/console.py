@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import _socket
 import fcntl
-import posix
-import socket
-import struct
+import sys
 import termios
 
+from sdshim.privapi import posix
 from sdshim.shim.listener import Listener
+from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -23,28 +23,62 @@ if TYPE_CHECKING:
     from sdshim.shim.poller import Poller
 
 
+FD_SIZE = 4  # an int in SCM_RIGHTS data
+
+
 def set_size(fd: int, rows: int, cols: int) -> None:
     """TIOCSWINSZ on the master: the kernel sends SIGWINCH to the foreground group."""
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    size = b"".join(v.to_bytes(2, sys.byteorder) for v in (rows, cols, 0, 0))  # struct winsize
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
 
 
 class ConsoleSocket(Listener):
     """Listens at path for the runtime; calls on_master(fd) with the pty master."""
 
-    def __init__(self, poller: Poller, path: str, on_master: Callable[[int], None]) -> None:
+    def __init__(self, poller: Poller, path: str, on_master: Callable[[int], None],
+                 on_lost: Callable[[str], None]) -> None:
         super().__init__(poller, path, _socket.SOCK_STREAM, 1, self._accepted)
         self.on_master = on_master
+        self.on_lost = on_lost
+        self.conn: _socket.socket | None = None
 
     def _accepted(self, conn: _socket.socket) -> None:
-        try:
-            conn.settimeout(2.0)  # the runtime sends right after connecting
-            # (socket only here, for recv_fds: terminal mode is the rare case.)
-            _msg, fds, _flags, _addr = socket.recv_fds(
-                conn, 4096, 4, socket.MSG_CMSG_CLOEXEC)  # type: ignore[arg-type]
-        except OSError:
-            return  # a runtime that died half-way: create fails and says why
-        finally:
+        # Not blocking: the runtime sends right after connecting, and a runtime that
+        # died half-way must not hold the monitor up (create fails and says why).
+        if self.conn is not None:
             conn.close()
+            return
+        conn.setblocking(False)
+        self.conn = conn
+
+        def failed(e: BaseException) -> None:
+            self._drop()
+            self.on_lost(f"the console socket failed ({e!r})")
+
+        self.poller.register(conn, EVENT_READ, self._readable, on_error=failed)
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.poller.unregister(self.conn)
+            self.conn.close()
+            self.conn = None
+
+    def _readable(self, _fileobj: object) -> None:
+        assert self.conn is not None
+        try:
+            _msg, ancdata, _flags, _addr = self.conn.recvmsg(
+                4096, _socket.CMSG_SPACE(4 * FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return
+        except OSError:
+            ancdata = []
+        fds: list[int] = []
+        for level, kind, data in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % FD_SIZE
+                fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder, signed=True)
+                        for i in range(0, usable, FD_SIZE)]
+        self._drop()
         for extra in fds[1:]:
             posix.close(extra)
         if fds:

@@ -14,10 +14,14 @@ still written whole: the limit bounds the disk use, never the data.
 
 from __future__ import annotations
 
-import posix
-import sys
 import time
-from collections.abc import Sequence
+
+from sdshim.privapi import posix
+from sdshim.shim.notify import say
+
+TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TAGS = {False: b" F ", True: b" P "}
 
@@ -35,12 +39,17 @@ class CriLog:
         self.fd = -1
         self.size = 0
         self.failing = False
-        self._open()
+        self._open()  # a log file that cannot be opened at all fails the create
 
     def _open(self) -> None:
         flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
-        self.fd = posix.open(self.path, flags, 0o640)
-        self.size = posix.fstat(self.fd).st_size
+        fd = posix.open(self.path, flags, 0o640)
+        try:
+            self.size = posix.fstat(fd).st_size
+        except OSError:
+            posix.close(fd)
+            raise
+        self.fd = fd
 
     def write(self, stream: str, lines: Sequence[tuple[bytes, bool]]) -> None:
         # One timestamp per read from the container, as conmon does: lines that came
@@ -48,6 +57,8 @@ class CriLog:
         head = timestamp(time.time_ns()) + b" " + stream.encode()
         records = [head + TAGS[partial] + line + b"\n" for line, partial in lines]
         try:
+            if self.fd < 0:  # a rotation or an earlier open failed: try again now
+                self._open()
             if self.size_max:
                 self._write_rotating(records)
             else:
@@ -56,7 +67,7 @@ class CriLog:
         except OSError as e:
             # The journal still has every line; say so once per failure streak.
             if not self.failing:
-                print(f"sdshim: cannot write log file {self.path}: {e}", file=sys.stderr)
+                say(f"sdshim: cannot write log file {self.path}: {e}")
             self.failing = True
 
     def _write_rotating(self, records: list[bytes]) -> None:
@@ -78,8 +89,11 @@ class CriLog:
         self.size += len(data)
 
     def _rotate(self) -> None:
+        # The old fd is closed and forgotten before the new file is opened: should the
+        # open fail, no stale (and soon reused) fd number is left to write to.
         posix.rename(self.path, self.path + ".1")
-        posix.close(self.fd)
+        fd, self.fd = self.fd, -1
+        posix.close(fd)
         self._open()
 
     def close(self) -> None:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import _socket
 import errno
 import fcntl
-import posix
-import time
+import sys
 
-from sdshim import leanos, spawn
+from sdshim import leanos
+from sdshim.privapi import posix
 from sdshim.shim.listener import unix_socket
+from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
+
+    from sdshim.shim.poller import Poller
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STREAM_SOCKET = "/run/systemd/journal/stdout"
@@ -24,9 +27,10 @@ SO_SNDBUFFORCE = 32  # root may exceed net.core.wmem_max
 SEND_BUFFER = 8 * 1024 * 1024
 PRIORITY_STDOUT = 6  # info
 PRIORITY_STDERR = 3  # err
-# journald's socket was replaced (its socket unit restarted): connect to the new one,
-# trying for this long while it comes back, before giving up on the entry.
-RECONNECT_TIMEOUT = 10.0
+# How long a send may wait for journald to make room: it blocks rather than drops (see
+# JournalWriter), but beyond this the monitor holds the output back instead (see
+# sdshim.shim.output) and serves everything else meanwhile.
+SEND_WAIT = 1.0
 SYNCHRONIZE = b'{"method": "io.systemd.Journal.Synchronize", "parameters": {}}\0'
 _GONE = (errno.ECONNREFUSED, errno.ENOTCONN, errno.ENOENT, errno.EPIPE, errno.ECONNRESET)
 
@@ -60,20 +64,31 @@ class JournalWriter:
         sock = unix_socket(_socket.SOCK_DGRAM)
         _grow_send_buffer(sock)
         try:
-            sock.connect(self.path)
+            sock.connect(self.path)  # a datagram socket's connect never waits
         except OSError:
             sock.close()
             raise
+        sock.settimeout(SEND_WAIT)
         return sock
 
     def send(self, data: bytes) -> None:
+        """Send one entry, waiting at most SEND_WAIT for room; OSError (TimeoutError
+        included) if journald did not take it."""
         try:
             self._send(data)
         except OSError as e:
             if e.errno not in _GONE:
                 raise
-            self._reconnect()
+            self._reconnect()  # journald's socket was replaced (journald restarted)
             self._send(data)
+
+    def try_send(self, data: bytes) -> None:
+        """send() without waiting for room (BlockingIOError if there is none)."""
+        self.sock.settimeout(0.0)
+        try:
+            self.send(data)
+        finally:
+            self.sock.settimeout(SEND_WAIT)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -84,22 +99,15 @@ class JournalWriter:
             self._send_memfd(data)
 
     def _reconnect(self) -> None:
-        deadline = time.monotonic() + RECONNECT_TIMEOUT
-        while True:
-            try:
-                sock = self._connect()
-                break
-            except OSError as e:
-                if e.errno not in _GONE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        """Once, at once: while journald is away, the caller tries again later."""
+        sock = self._connect()
+        timeout = self.sock.gettimeout()
         self.sock.close()
         self.sock = sock
+        sock.settimeout(timeout)
 
     def _send_memfd(self, data: bytes) -> None:
         # Entries larger than a datagram go in a sealed memfd, as the protocol allows.
-        import struct  # lazily: rare
-
         fd = posix.memfd_create("sdshim-journal", posix.MFD_CLOEXEC | posix.MFD_ALLOW_SEALING)
         try:
             view = memoryview(data)
@@ -108,7 +116,7 @@ class JournalWriter:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
             self.sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                    struct.pack("i", fd))])
+                                    fd.to_bytes(4, sys.byteorder, signed=True))])
         finally:
             posix.close(fd)
 
@@ -156,40 +164,57 @@ def open_streams(identifier: str, unit: str) -> tuple[int, int]:
         raise
 
 
-def last_stream_line(identifier: str, priority: int) -> bytes:
-    """The last line this unit's invocation wrote with identifier and priority through
-    a stream connection (the monitor never saw it): asked of journald once stored."""
-    sync()
-    out = spawn.run(["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
-                     f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
-                     f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"],
-                    check=False, timeout=10)
-    return out.stdout.rstrip(b"\n")
-
-
-def sync(timeout: float = 5.0, path: str = VARLINK_SOCKET) -> bool:
-    """Wait until journald has processed everything sent to it so far; True if it said so.
+def synchronize(poller: Poller, done: Callable[[bool], None], timeout: float = 5.0,
+                path: str = VARLINK_SOCKET) -> None:
+    """done(True) once journald has processed everything sent to it so far; done(False)
+    if it cannot say so within timeout. Served by the loop: nothing waits.
 
     journald answers io.systemd.Journal.Synchronize from a low-priority event, after
     every pending datagram and stream byte: lines a container wrote to a stream
-    connection are in the journal before an entry sent after this returns.
+    connection are in the journal before an entry sent after done() is called.
     """
     sock = unix_socket(_socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(SYNCHRONIZE)
-        reply = b""
-        while not reply.endswith(b"\0"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                return False
-            reply += chunk
-        return b'"error"' not in reply
-    except OSError:
-        return False
-    finally:
+    reply = bytearray()
+    timer = "journal-sync"
+
+    def end(ok: bool) -> None:
+        poller.cancel(timer)
+        poller.unregister(sock)
         sock.close()
+        done(ok)
+
+    def readable(_fileobj: object) -> None:
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            end(False)
+            return
+        reply.extend(chunk)
+        if reply.endswith(b"\0"):
+            end(b'"error"' not in reply)
+
+    try:
+        sock.setblocking(False)
+        sock.connect(path)  # a unix socket connects at once, or fails (EAGAIN: busy)
+        sock.send(SYNCHRONIZE)  # a few bytes into an empty buffer: they fit
+    except OSError:
+        sock.close()
+        done(False)
+        return
+    poller.register(sock, EVENT_READ, readable, on_error=lambda _e: end(False))
+    poller.arm(timer, timeout, lambda: end(False))
+
+
+def stream_line_query(identifier: str, priority: int) -> list[str]:
+    """journalctl's argv for the last line this unit's invocation wrote with identifier
+    and priority through a stream connection (the monitor never saw it)."""
+    return ["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
+            f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
+            f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"]
 
 
 class LineSplitter:

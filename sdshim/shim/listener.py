@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import _socket
-import posix
 
+from sdshim.privapi import accept, posix
 from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -40,7 +40,7 @@ class Listener:
         if self.sock is None:
             return
         try:
-            fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # socket.accept()'s core
+            fd = accept(self.sock)
         except BlockingIOError:
             return
         self.on_connection(_socket.socket(fileno=fd))

@@ -1,8 +1,10 @@
-"""sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+"""What the monitor tells systemd: sd_notify(3) without libsystemd (one datagram to
+$NOTIFY_SOCKET), and lines on its stderr (the unit's journal stream)."""
 
 from __future__ import annotations
 
 import _socket
+import sys
 
 from sdshim import leanos
 from sdshim.shim.listener import unix_socket
@@ -32,3 +34,13 @@ class Notifier:
 
 def _one_line(value: str) -> str:
     return value.replace("\n", " ").strip()
+
+
+def say(message: str) -> None:
+    """One line on stderr (the unit's journal). Never an exception: a journald that is
+    away (its stream broken, EPIPE) must not cost anything but the line."""
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import posix
-
 from sdshim import leanjson, leanos
 from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
+from sdshim.privapi import posix
 
 TYPE_CHECKING = False  # the monitor's start-up skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -25,9 +24,7 @@ class Runtime:
 
     @property
     def places_processes(self) -> bool:
-        """Whether it puts the processes it starts into the container's cgroups: runc
-        does; crun runs with its cgroup manager disabled here (see argv)."""
-        return self.name != "crun"
+        return places_processes(self.path)
 
     def argv(self, *args: str) -> list[str]:
         extra = ["--cgroup-manager=disabled"] if self.name == "crun" else []
@@ -50,6 +47,12 @@ class Runtime:
             if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
                 msg = str(entry.get("msg", ""))
         return msg
+
+
+def places_processes(path: str) -> bool:
+    """Whether the runtime puts the processes it starts into the container's cgroups:
+    runc does; crun runs with its cgroup manager disabled here (see Runtime.argv)."""
+    return leanos.basename(path) != "crun"
 
 
 def write_config(bundle: str, target: str, cgroups_path: str,
@@ -82,34 +85,34 @@ def write_config(bundle: str, target: str, cgroups_path: str,
 
 
 # What runc and crun say when the command cannot be run, and the exit code it means.
-# (Patterns, compiled where used: re costs the monitor ~1 MB, and only failures need it.)
+# (Plain substrings: re costs the monitor ~1 MB.)
 _EXEC_ERRORS = (
-    (r"executable file not found|no such file or directory|not found in \$PATH",
+    (("executable file not found", "no such file or directory", "not found in $path"),
      EXIT_NOT_FOUND),
-    (r"permission denied|exec format error|is a directory|not executable",
+    (("permission denied", "exec format error", "is a directory", "not executable"),
      EXIT_NOT_EXECUTABLE),
 )
-# After `start`, an execve failure is printed by the runtime's init on the container's
-# stderr, e.g. "exec /foreign: exec format error", and the process exits 255.
-_EXEC_FAILURE_LINE = rb"^exec (.+): ([a-z][a-z ]+)$"
+_LOWER = b"abcdefghijklmnopqrstuvwxyz"
 
 
 def classify(message: str) -> int:
     """125/126/127 by the docker convention, from the runtime's error message."""
     if "exec" in message:
-        import re
-
-        for pattern, code in _EXEC_ERRORS:
-            if re.search(pattern, message, re.I):
+        text = message.lower()
+        for phrases, code in _EXEC_ERRORS:
+            if any(p in text for p in phrases):
                 return code
     return EXIT_RUNTIME
 
 
 def is_exec_failure(line: bytes) -> bool:
-    """Whether line is the runtime init's report of a failed execve."""
-    import re
-
-    return re.match(_EXEC_FAILURE_LINE, line) is not None
+    """Whether line is the runtime init's report of a failed execve: after `start`, it
+    prints e.g. "exec /foreign: exec format error" on the container's stderr."""
+    if not line.startswith(b"exec "):
+        return False
+    path, sep, reason = line[5:].rpartition(b": ")
+    return bool(sep and path and len(reason) >= 2 and reason[0] in _LOWER
+                and not reason.translate(None, _LOWER + b" "))
 
 
 def clean_message(message: str) -> str:
@@ -118,3 +121,16 @@ def clean_message(message: str) -> str:
                    "exec failed: ", "unable to start container process: "):
         message = message.removeprefix(prefix)
     return message.strip()
+
+
+def is_runtime_exe(exe: str, runtime_path: str) -> bool:
+    """Whether /proc/PID/exe (exe) still names the runtime's init rather than the
+    container's command. Until the init execs, it is the runtime itself: a memfd copy
+    of it, the binary (" (deleted)" once a package upgrade replaced it), or, with runc
+    1.1's bindfd, a file on a detached bind mount whose path reads as "/" (no command
+    can be "/", a directory). Compared exactly: /usr/bin/crunch is a command."""
+    exe = exe.removesuffix(" (deleted)")
+    if exe in ("", "/") or exe.startswith("/memfd:"):
+        return True
+    name = leanos.basename(exe)
+    return exe == runtime_path or name in ("runc", "crun", leanos.basename(runtime_path))

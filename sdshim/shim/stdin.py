@@ -9,8 +9,8 @@ the attach server stops reading its clients until the container catches up.
 from __future__ import annotations
 
 import errno
-import posix
 
+from sdshim.privapi import posix
 from sdshim.shim.poller import EVENT_WRITE
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -24,7 +24,8 @@ LIMIT = 1 << 20
 
 class Stdin:
     def __init__(self, poller: Poller, fd: int, *, close_on_eof: bool,
-                 on_drain: Callable[[], None]) -> None:
+                 on_drain: Callable[[], None],
+                 on_failed: Callable[[BaseException], None]) -> None:
         """fd: the pipe's write end, or (terminal) a duplicate of the pty master."""
         self.poller = poller
         self.fd = fd
@@ -33,6 +34,7 @@ class Stdin:
         # in raw mode, and closing the master would hang up the container's terminal.
         self.close_on_eof = close_on_eof
         self.on_drain = on_drain
+        self.on_failed = on_failed  # an unexpected error: the owner closes it, says so
         self.pending = bytearray()
         self.eof = False
         self.registered = False
@@ -49,14 +51,22 @@ class Stdin:
         if not self.open or self.eof:
             return
         self.pending += data
-        self._flush()
+        self._guarded_flush()
 
     def end(self) -> None:
         """The input ended: close the container's stdin once the queue is written."""
         if not self.close_on_eof:
             return
         self.eof = True
-        self._flush()
+        self._guarded_flush()
+
+    def _guarded_flush(self) -> None:
+        # Called from an attach client's callback: a failure here is stdin's, not the
+        # client's.
+        try:
+            self._flush()
+        except Exception as e:
+            self.on_failed(e)
 
     def _flush(self, _fileobj: object = None) -> None:
         while self.pending and self.open:
@@ -76,7 +86,8 @@ class Stdin:
         want = bool(self.pending) and self.open
         if want != self.registered:
             if want:
-                self.poller.register(self.fd, EVENT_WRITE, self._flush)
+                self.poller.register(self.fd, EVENT_WRITE, self._flush,
+                                     on_error=self.on_failed)
             else:
                 self.poller.unregister(self.fd)
             self.registered = want

@@ -5,17 +5,18 @@ the container's stdin open for attach clients; `-t` asks the runtime for a pty a
 takes its master through the console socket. The monitor's own loop still reads the
 output (the pipes, or the master as one more stream) and hands each chunk to output().
 
-Only the listening socket is made up front: the attach server, the stdin queue and the
-console are imported when first needed, as most containers never see a client, a
-terminal or stdin, and each imported module costs every monitor memory.
+The attach server is loaded by every monitor (a client may come at any time); the
+stdin queue and the console only by those whose options ask for them (-i, -t). All of
+it at set-up, before READY=1: a running monitor loads no code (see sdshim.shim.monitor).
 """
 
 from __future__ import annotations
 
 import _socket
-import posix
 
 from sdshim import leanos, spawn
+from sdshim.privapi import posix
+from sdshim.shim.attach import AttachServer
 from sdshim.shim.listener import Listener
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -23,13 +24,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from sdshim.shim.attach import AttachServer
     from sdshim.shim.console import ConsoleSocket
     from sdshim.shim.poller import Poller
     from sdshim.shim.stdin import Stdin
 
 # How long the end of the container waits for attach clients to take its last output.
 FLUSH_TIMEOUT = 2.0
+FLUSH_TIMER = "attach-flush"
 ATTACH_SOCKET = "attach"
 CONSOLE_SOCKET = "console"
 # Until a client says otherwise: a terminal without a size confuses full-screen
@@ -39,8 +40,10 @@ DEFAULT_SIZE = (24, 80)
 
 class Stdio:
     def __init__(self, poller: Poller, directory: str, *, tty: bool,
-                 stdin: bool, on_terminal: Callable[[int], None]) -> None:
+                 stdin: bool, on_terminal: Callable[[int], None],
+                 on_lost: Callable[[str], None]) -> None:
         self.poller = poller
+        self.on_lost = on_lost  # a part failed and was disabled: say so
         self.dir = directory
         self.tty = tty
         self.want_stdin = stdin
@@ -49,27 +52,34 @@ class Stdio:
         self.master = -1  # our own duplicate of the pty master, for resizes
         self.stdin: Stdin | None = None
         self.listener: Listener | None = None
-        self.attach: AttachServer | None = None  # from the first client on
+        self.attach = AttachServer(poller, on_input=self._input, on_resize=self.resize,
+                                   on_eof=self._eof, input_full=self._input_full,
+                                   on_lost=on_lost)
         self.console: ConsoleSocket | None = None
         self._stdin_r = -1
+        # Loaded now, at set-up, if the options can need them: never later.
+        if stdin:
+            from sdshim.shim import stdin as stdin_module
+
+            self._stdin_class: type[Stdin] = stdin_module.Stdin
+        if tty:
+            from sdshim.shim import console
+
+            self._console = console
 
     def listen(self) -> None:
         self.listener = Listener(self.poller, leanos.join(self.dir, ATTACH_SOCKET),
                                  _socket.SOCK_SEQPACKET, 16, self._on_client)
         if self.tty:
-            from sdshim.shim.console import ConsoleSocket
-
-            self.console = ConsoleSocket(self.poller, leanos.join(self.dir, CONSOLE_SOCKET),
-                                         self._on_master)
+            self.console = self._console.ConsoleSocket(
+                self.poller, leanos.join(self.dir, CONSOLE_SOCKET), self._on_master,
+                on_lost=self.on_lost)
 
     def _on_client(self, conn: _socket.socket) -> None:
-        if self.attach is None:
-            from sdshim.shim.attach import AttachServer
-
-            self.attach = AttachServer(self.poller, on_input=self._input,
-                                       on_resize=self.resize, on_eof=self._eof,
-                                       input_full=self._input_full)
-        self.attach.accepted(conn)
+        if self.attach is not None:
+            self.attach.accepted(conn)
+        else:
+            conn.close()
 
     # --- around the runtime command that makes the process -----------------------------
 
@@ -81,10 +91,9 @@ class Stdio:
         """The stdin to give the runtime (the container inherits it in pipe mode)."""
         if not self.want_stdin or self.tty:
             return spawn.DEVNULL
-        from sdshim.shim.stdin import Stdin
-
         self._stdin_r, write_end = posix.pipe2(posix.O_CLOEXEC)
-        self.stdin = Stdin(self.poller, write_end, close_on_eof=True, on_drain=self._drained)
+        self.stdin = self._stdin_class(self.poller, write_end, close_on_eof=True,
+                                       on_drain=self._drained, on_failed=self._stdin_failed)
         return self._stdin_r
 
     def after_spawn(self) -> None:
@@ -100,13 +109,20 @@ class Stdio:
         self.master = posix.dup(fd)
         self._set_size(fd)
         if self.want_stdin:
-            from sdshim.shim.stdin import Stdin
-
-            self.stdin = Stdin(self.poller, posix.dup(fd), close_on_eof=False,
-                               on_drain=self._drained)
+            self.stdin = self._stdin_class(self.poller, posix.dup(fd), close_on_eof=False,
+                                           on_drain=self._drained,
+                                           on_failed=self._stdin_failed)
         self.on_terminal(fd)
 
     # --- attach clients ------------------------------------------------------------------
+
+    def _stdin_failed(self, e: BaseException) -> None:
+        stdin, self.stdin = self.stdin, None
+        if stdin is not None:
+            stdin.close()
+        self.on_lost(f"the container's stdin is closed after an unexpected error ({e!r})")
+        if self.attach is not None:
+            self.attach.resume_input()
 
     def _input(self, data: bytes) -> None:
         if self.stdin is not None:
@@ -129,10 +145,8 @@ class Stdio:
             self._set_size(self.master)
 
     def _set_size(self, fd: int) -> None:
-        from sdshim.shim.console import set_size  # a terminal's: imported with -t already
-
         try:
-            set_size(fd, *self.size)
+            self._console.set_size(fd, *self.size)
         except OSError:
             pass  # the terminal is gone with the container
 
@@ -142,13 +156,23 @@ class Stdio:
 
     # --- the end -------------------------------------------------------------------------
 
-    def finish(self, result: dict[str, Any],
-               serve: Callable[[Callable[[], bool], float], object]) -> None:
-        """Send clients the exit record after the last output, for a bounded time."""
-        if self.attach is not None:
-            self.attach.finish(result)
-            serve(self.attach.flushed, FLUSH_TIMEOUT)
-        self.close()
+    def finish(self, result: dict[str, Any], done: Callable[[], None]) -> None:
+        """Send clients the exit record after the last output; done() once they all
+        have it, or after FLUSH_TIMEOUT."""
+        if self.attach is None or self.attach.flushed():
+            done()
+            return
+        called = False
+
+        def once() -> None:
+            nonlocal called
+            if not called:
+                called = True
+                self.poller.cancel(FLUSH_TIMER)
+                done()
+
+        self.attach.finish(result, on_flushed=once)
+        self.poller.arm(FLUSH_TIMER, FLUSH_TIMEOUT, once)
 
     def close(self) -> None:
         for part in (self.attach, self.listener, self.console, self.stdin):
