@@ -26,8 +26,8 @@ from sdshim.errors import (
     NoSuchContainerError,
 )
 from sdshim.units.bus import Systemd
-from sdshim.units.connection import BusCallError
-from sdshim.units.creation import container_spec, recorded_error, refused_error, unit_error
+from sdshim.units.creation import container_spec, unit_start
+from sdshim.units.systemd1 import BusCallError
 
 CONTROL_TIMEOUT = 10.0
 
@@ -59,20 +59,8 @@ class Manager:
         (keep stdin open), tty (give it a terminal) (see spec.ContainerSpec).
         """
         spec = container_spec(bundle, name, runtime, start, options)
-        try:
-            result = await self.systemd.start_transient(spec.unit, spec.unit_properties())
-        except BusCallError as e:
-            raise refused_error(spec.unit, e, spec.name) from None
-        if result != "done":
-            raise await self.start_error(records.container_dir(spec.name), spec.unit,
-                                         f"container {spec.name}", result)
+        await self.systemd.start_unit(unit_start(spec))
         return spec.name
-
-    async def start_error(self, directory: Path, unit: str, what: str,
-                          result: str) -> CreateError:
-        """Why the monitor of unit did not get ready: its exit record, or systemd's word."""
-        return recorded_error(directory) or unit_error(
-            unit, what, result, await self.systemd.service_state(unit))
 
     async def start(self, name: str) -> None:
         status = await self.status(name)
