@@ -19,8 +19,8 @@ from dbus_fast import MessageType, Variant
 
 from sdshim.errors import SystemdError
 from sdshim.units import wire
-from sdshim.units.cli import COMMANDS, build_parser
 from sdshim.units.blockingbus import BlockingSystemd
+from sdshim.units.cli import COMMANDS, build_parser
 from sdshim.units.connection import BusTimeoutError, Connection, system_bus_socket
 from sdshim.units.spec import ContainerSpec
 from sdshim.units.systemd1 import MANAGER, SYSTEMD_PATH, Call, Job, manager_call
@@ -220,8 +220,8 @@ def test_a_lost_bus_is_an_error_not_a_hang() -> None:
     conn, _peer = scripted(reply(1, 9))
     job = Job(manager_call("StopUnit", "ss", ["x.service", "replace"],
                            purpose="systemd to stop x.service"))
-    with conn, pytest.raises(SystemdError, match="closed the connection while waiting "
-                             "for systemd to stop x.service"):
+    with conn, pytest.raises(SystemdError, match=r"closed the connection while waiting "
+                             r"for systemd to stop x\.service"):
         BlockingSystemd(conn).run_job(job, 5)
 
 

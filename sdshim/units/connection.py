@@ -84,8 +84,9 @@ class Connection:
         self.signals: list[Message] = []
 
     @classmethod
-    def system(cls, timeout: float = CALL_TIMEOUT) -> Connection:
+    def system(cls, timeout: float | None = None) -> Connection:
         """Connected to the system bus, authenticated and registered (Hello)."""
+        timeout = CALL_TIMEOUT if timeout is None else timeout
         path = system_bus_socket()
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
@@ -145,8 +146,10 @@ class Connection:
         self._sendall(msg.to_bytes(), call)
         return msg.serial
 
-    def reply(self, serial: int, call: Call, timeout: float = CALL_TIMEOUT) -> list[Any]:
-        """The body of the reply to call, sent as serial; BusCallError if it is an error."""
+    def reply(self, serial: int, call: Call, timeout: float | None = None) -> list[Any]:
+        """The body of the reply to call, sent as serial (within timeout seconds, by
+        default CALL_TIMEOUT); BusCallError if it is an error."""
+        timeout = CALL_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while serial not in self.replies:
             self._receive(deadline, call, timeout)
@@ -156,7 +159,7 @@ class Connection:
             raise BusCallError(msg.error_name, str(text or msg.error_name))
         return msg.body
 
-    def call(self, call: Call, timeout: float = CALL_TIMEOUT) -> list[Any]:
+    def call(self, call: Call, timeout: float | None = None) -> list[Any]:
         return self.reply(self.send(call), call, timeout)
 
     def next_signal(self, call: Call, deadline: float | None,
