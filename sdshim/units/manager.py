@@ -326,7 +326,11 @@ async def control_request(directory: Path, request: dict[str, Any],
         writer.write(json.dumps(request).encode())
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
-    except (OSError, TimeoutError) as e:
+    except TimeoutError:
+        raise ContainerStateError(f"{what}: its monitor did not answer within "
+                                  f"{CONTROL_TIMEOUT:g} s; it may be busy or stuck, "
+                                  "try again") from None
+    except OSError as e:
         raise ContainerStateError(f"{what}: monitor did not answer: {e}") from None
     finally:
         writer.close()
