@@ -84,7 +84,7 @@ UNEXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("command", [["create", "/b"], ["status", "web"]])
+@pytest.mark.parametrize("command", [["create", "/b"], ["status", "web"], ["wait", "web"]])
 @pytest.mark.parametrize("error, said", UNEXPECTED, ids=lambda x: type(x).__name__)
 def test_an_unexpected_exception_is_one_line_and_125(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -94,8 +94,9 @@ def test_an_unexpected_exception_is_one_line_and_125(
     def fail(*args: Any, **kw: Any) -> Any:
         raise error
 
-    # The blocking path (create, run -d) and the asyncio one (everything else).
+    # Each path: create and run -d, the quick commands, and the asyncio one.
     monkeypatch.setattr(cli, "detached_create", fail)
+    monkeypatch.setattr(cli, "quick_command", fail)
     monkeypatch.setattr(cli, "run_command", fail)
     code = cli.main(command)
     out, err = capsys.readouterr()

@@ -1,19 +1,32 @@
 """systemd over the blocking connection (sdshim.units.connection): the thin I/O layer
-that `sdshim create` and `run -d` use, over the protocol core in sdshim.units.systemd1."""
+that `sdshim create`, `run -d` and the other quick commands (sdshim.units.blockingmanager)
+use, over the protocol core in sdshim.units.systemd1."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from sdshim import records
 from sdshim.units.connection import Connection
 from sdshim.units.systemd1 import (
+    PROPERTIES,
+    SERVICE,
+    SUBSCRIBE,
+    UNIT,
     BusCallError,
     Call,
     Job,
     UnitStart,
+    add_match,
     get_all,
+    list_units,
+    properties_changed,
     properties_reply,
+    service_state,
+    stop_unit,
+    unit_path,
+    units_reply,
 )
 
 TYPE_CHECKING = False
@@ -22,10 +35,13 @@ if TYPE_CHECKING:
 
 
 class BlockingSystemd:
-    """PID 1 over a blocking connection: only what creating a container needs."""
+    """PID 1 over a blocking connection: what creating a container and the quick
+    commands need."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._subscribed = False
+        self._matches: set[str] = set()
 
     @classmethod
     def connect(cls) -> BlockingSystemd:
@@ -79,3 +95,36 @@ class BlockingSystemd:
         except BusCallError as e:
             return properties_reply(e, None, call.body[0])
         return properties_reply(None, props, call.body[0])
+
+    def service_state(self, unit: str) -> dict[str, Any] | None:
+        """Unit and Service properties of unit merged, or None if systemd does not know it."""
+        unit_props = self.unit_properties(unit, UNIT)
+        service = None
+        if unit_props is not None:
+            with contextlib.suppress(BusCallError):
+                service = self.unit_properties(unit, SERVICE)
+        return service_state(unit_props, service)
+
+    def list_units(self, patterns: list[str]) -> list[tuple[str, str, str]]:
+        """(name, active_state, sub_state) of loaded units matching patterns."""
+        return units_reply(self.conn.call(list_units(patterns)))
+
+    def stop(self, unit: str) -> None:
+        """Ask systemd to stop unit (no wait); a unit it does not have is stopped."""
+        with contextlib.suppress(BusCallError):
+            self.conn.call(stop_unit(unit))
+
+    def watch_unit(self, unit: str) -> None:
+        """From now on, changed() sees the unit's property changes."""
+        if not self._subscribed:
+            self._subscribed = True
+            self.conn.call(SUBSCRIBE)
+        rule = properties_changed(unit)
+        if rule not in self._matches:
+            self._matches.add(rule)
+            self.conn.call(add_match(rule))
+
+    def changed(self, unit: str, seconds: float) -> bool:
+        """Whether a watched unit changed within seconds."""
+        return self.conn.signalled(Call(unit_path(unit), PROPERTIES, "PropertiesChanged",
+                                        purpose=f"systemd to report on {unit}"), seconds)

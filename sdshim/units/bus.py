@@ -17,8 +17,8 @@ from dbus_fast.aio import MessageBus
 from sdshim import records
 from sdshim.units.systemd1 import (
     NO_SUCH_UNIT,
-    PROPERTIES,
     SERVICE,
+    SUBSCRIBE,
     SYSTEMD,
     UNIT,
     BusCallError,
@@ -27,9 +27,14 @@ from sdshim.units.systemd1 import (
     UnitStart,
     add_match,
     get_all,
+    list_units,
     manager_call,
+    properties_changed,
     properties_reply,
+    service_state,
+    stop_unit,
     unit_path,
+    units_reply,
     unreachable,
 )
 from sdshim.units.wire import complete_types
@@ -160,9 +165,7 @@ class Systemd:
                                 await self.properties(start.properties_call))
 
     async def stop_and_wait(self, unit: str, timeout: float | None = 60) -> str:
-        job = Job(manager_call("StopUnit", "ss", [unit, "replace"],
-                               purpose=f"systemd to stop {unit}",
-                               hint=f"see `systemctl status {unit}`"))
+        job = Job(stop_unit(unit))
         try:
             await self.run_job(job, timeout)
         except BusCallError as e:
@@ -185,38 +188,32 @@ class Systemd:
     async def service_state(self, unit: str) -> dict[str, Any] | None:
         """Unit and Service properties of unit merged, or None if systemd does not know it."""
         unit_props = await self.unit_properties(unit, UNIT)
-        if unit_props is None:
-            return None
-        with contextlib.suppress(BusCallError):
-            service = await self.unit_properties(unit, SERVICE)
-            if service:
-                unit_props.update(service)
-        return unit_props
+        service = None
+        if unit_props is not None:
+            with contextlib.suppress(BusCallError):
+                service = await self.unit_properties(unit, SERVICE)
+        return service_state(unit_props, service)
 
     async def watch_unit(self, unit: str) -> asyncio.Event:
         """An event set whenever the unit's properties change."""
         if not self._subscribed:
-            # systemd emits unit signals only while some client is subscribed.
             self._subscribed = True
-            await self.manager("Subscribe")
-        path = unit_path(unit)
-        await self.add_match(f"type='signal',sender='{SYSTEMD}',path='{path}',"
-                             f"interface='{PROPERTIES}',member='PropertiesChanged'")
+            await self.request(SUBSCRIBE)
+        await self.add_match(properties_changed(unit))
         event = asyncio.Event()
-        self._unit_watchers.setdefault(path, []).append(event)
+        self._unit_watchers.setdefault(unit_path(unit), []).append(event)
         return event
 
     async def list_units(self, patterns: list[str]) -> list[tuple[str, str, str]]:
         """(name, active_state, sub_state) of loaded units matching patterns."""
-        (units,) = await self.manager("ListUnitsByPatterns", "asas", [[], patterns])
-        return [(u[0], u[3], u[4]) for u in units]
+        return units_reply(await self.request(list_units(patterns)))
 
     async def kill(self, unit: str, whom: str, signum: int) -> None:
         await self.manager("KillUnit", "ssi", [unit, whom, signum])
 
     async def stop(self, unit: str) -> None:
         with contextlib.suppress(BusCallError):
-            await self.manager("StopUnit", "ss", [unit, "replace"])
+            await self.request(stop_unit(unit))
 
     async def reset_failed(self, unit: str) -> None:
         with contextlib.suppress(BusCallError):

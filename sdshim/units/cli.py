@@ -1,6 +1,7 @@
 """The `sdshim` command. Errors become exit codes here, and only here.
 
-`create` and `run -d` take the blocking path (sdshim.units.creation), which imports
+`create` and `run -d` (sdshim.units.creation) and the quick commands `status`, `list`,
+`kill` and `stop` (sdshim.units.blockingmanager) take the blocking path, which imports
 neither asyncio nor dbus-fast; every other command runs on the asyncio Manager, imported
 when needed. Keep the imports here cheap: every command pays for them.
 """
@@ -293,28 +294,8 @@ async def run_command(args: argparse.Namespace) -> int:
         if cmd == "start":
             await m.start(args.name)
             return 0
-        if cmd == "status":
-            status = await m.status(args.name)
-            if args.json:
-                print(json.dumps(status, indent=2))
-            else:
-                _print_status(status)
-            return 0
-        if cmd in ("list", "ps"):
-            statuses = await m.list()
-            if args.json:
-                print(json.dumps(statuses, indent=2))
-            else:
-                _print_table(statuses)
-            return 0
         if cmd == "logs":
             await _print_logs(m, args.name, args)
-            return 0
-        if cmd == "kill":
-            await m.kill(args.name, args.signal)
-            return 0
-        if cmd == "stop":
-            await m.stop(args.name, args.time)
             return 0
         if cmd == "wait":
             status = await m.wait(args.name)
@@ -466,6 +447,33 @@ def _print_table(statuses: list[dict[str, Any]]) -> None:
               f"{(s['id'] or '')[:12]}")
 
 
+# Commands on the blocking client (no asyncio, no dbus-fast): a few calls each.
+QUICK = frozenset({"status", "list", "ps", "kill", "stop"})
+
+
+def quick_command(args: argparse.Namespace) -> int:
+    from sdshim.units.blockingmanager import BlockingManager
+
+    with BlockingManager.connect() as m:
+        if args.command == "status":
+            status = m.status(args.name)
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+        elif args.command in ("list", "ps"):
+            statuses = m.list()
+            if args.json:
+                print(json.dumps(statuses, indent=2))
+            else:
+                _print_table(statuses)
+        elif args.command == "kill":
+            m.kill(args.name, args.signal)
+        elif args.command == "stop":
+            m.stop(args.name, args.time)
+    return 0
+
+
 def detached_create(args: argparse.Namespace) -> int:
     """create, run -d: start the unit, wait for its job, print the container's name."""
     from sdshim.units import creation
@@ -483,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(argv[0] if argv else None).parse_args(argv)
         if args.command == "create" or (args.command == "run" and args.detach):
             return detached_create(args)
+        if args.command in QUICK:
+            return quick_command(args)
         import asyncio
 
         return asyncio.run(run_command(args))

@@ -172,6 +172,18 @@ class Connection:
             self._receive(deadline, call, timeout)
         return self.signals.pop(0)
 
+    def signalled(self, call: Call, seconds: float) -> bool:
+        """Whether a signal came, or comes within seconds (waiting for call's sake);
+        takes them all."""
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.signals:
+                self._receive(deadline, call, seconds)
+        except BusTimeoutError:
+            return False
+        self.signals.clear()
+        return True
+
     def _receive(self, deadline: float | None, call: Call, timeout: float | None) -> None:
         """Read one message and file it under replies or signals."""
         while len(self.buffer) < HEADER_SIZE:

@@ -152,6 +152,43 @@ def properties_reply(error: BusCallError | None, values: dict[str, Any] | None,
     return loaded(values or {}, interface)
 
 
+def service_state(unit_props: dict[str, Any] | None,
+                  service_props: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A service unit's state: its Unit and Service properties in one dict (two GetAll
+    calls: all interfaces at once would be several times the bytes), or None if
+    systemd does not know the unit."""
+    if unit_props is None:
+        return None
+    return {**unit_props, **(service_props or {})}
+
+
+def list_units(patterns: list[str]) -> Call:
+    return manager_call("ListUnitsByPatterns", "asas", [[], patterns],
+                        purpose="systemd to list its units")
+
+
+def units_reply(body: list[Any]) -> list[tuple[str, str, str]]:
+    """ListUnitsByPatterns' answer: (name, active state, sub state) of each unit."""
+    (units,) = body
+    return [(str(u[0]), str(u[3]), str(u[4])) for u in units]
+
+
+# systemd emits unit signals only while some client is subscribed.
+SUBSCRIBE = manager_call("Subscribe", purpose="systemd to send unit changes")
+
+
+def properties_changed(unit: str) -> str:
+    """The match rule for a unit's PropertiesChanged signals."""
+    return (f"type='signal',sender='{SYSTEMD}',path='{unit_path(unit)}',"
+            f"interface='{PROPERTIES}',member='PropertiesChanged'")
+
+
+def stop_unit(unit: str) -> Call:
+    return manager_call("StopUnit", "ss", [unit, "replace"],
+                        purpose=f"systemd to stop {unit}",
+                        hint=f"see `systemctl status {unit}`")
+
+
 # --- jobs ------------------------------------------------------------------------------
 
 QUEUING, QUEUED, ENDED = "queuing", "queued", "ended"
