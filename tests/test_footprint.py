@@ -191,3 +191,20 @@ def test_create_and_run_d_import_no_asyncio_or_dbus_library(
     assert not heavy, (f"`sdshim {' '.join(command)}` imports {heavy}: import them lazily "
                        "where the other commands need them")
     assert "sdshim.units.creation" in result["new"]
+
+
+def test_status_list_kill_and_stop_import_no_asyncio_or_dbus_library(
+        bed: Bed, name: str, make_bundle: Any) -> None:
+    started = bed.sdshim("run", "-d", "--name", name, str(make_bundle("sleep", "100")))
+    assert started.returncode == 0, started.stderr.decode()
+    for command in (["status", "--json", name], ["list"], ["kill", "-s", "CONT", name],
+                    ["stop", "--time", "0", name]):
+        out = bed.run([sys.executable, "-c", CLI_PROBE, *command])
+        assert out.returncode == 0, out.stderr.decode()
+        result = json.loads(out.stdout.decode().splitlines()[-1])
+        assert result["code"] == 0
+        heavy = sorted(n for n in result["new"] if n.split(".")[0] in CLI_FORBIDDEN)
+        assert not heavy, f"`sdshim {' '.join(command)}` imports {heavy}"
+        assert "sdshim.units.blockingmanager" in result["new"]
+    status = json.loads(bed.sdshim("status", "--json", name).stdout)
+    assert (status["state"], status["exit_code"]) == ("exited", 137), status

@@ -19,10 +19,11 @@ from dbus_fast import MessageType, Variant
 
 from sdshim.errors import SystemdError
 from sdshim.units import wire
+from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.cli import COMMANDS, build_parser
 from sdshim.units.connection import BusTimeoutError, Connection, system_bus_socket
 from sdshim.units.spec import ContainerSpec
-from sdshim.units.systemd1 import MANAGER, SYSTEMD_PATH, BlockingSystemd
+from sdshim.units.systemd1 import MANAGER, SYSTEMD_PATH, Call, Job, manager_call
 
 # (signature, body in our form: variants as (signature, value) pairs)
 BODIES: list[tuple[str, list[Any]]] = [
@@ -203,9 +204,11 @@ def test_job_removed_is_found_whether_before_or_after_the_reply(order: str) -> N
     messages = ([reply(1, 9), *signals, start_reply] if order == "signal first"
                 else [reply(1, 9), start_reply, *signals])
     conn, peer = scripted(*messages)
+    job = Job(manager_call("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                           ["x.service", "fail", [("Nice", ("i", 1))], []]))
     with conn:
-        result = BlockingSystemd(conn).start_transient("x.service", [("Nice", "i", 1)], 5)
-    assert result == "done"
+        BlockingSystemd(conn).run_job(job, 5)
+    assert (job.state, job.result) == ("ended", "done")
     sent = peer.recv(1 << 16)
     first = wire.message_length(sent[:wire.HEADER_SIZE])
     add_match, call = wire.Message.from_bytes(sent[:first]), wire.Message.from_bytes(sent[first:])
@@ -215,15 +218,20 @@ def test_job_removed_is_found_whether_before_or_after_the_reply(order: str) -> N
 
 def test_a_lost_bus_is_an_error_not_a_hang() -> None:
     conn, _peer = scripted(reply(1, 9))
-    with conn, pytest.raises(SystemdError, match="closed the connection"):
-        BlockingSystemd(conn).start_transient("x.service", [], 5)
+    job = Job(manager_call("StopUnit", "ss", ["x.service", "replace"],
+                           purpose="systemd to stop x.service"))
+    with conn, pytest.raises(SystemdError, match=r"closed the connection while waiting "
+                             r"for systemd to stop x\.service"):
+        BlockingSystemd(conn).run_job(job, 5)
 
 
 def test_silence_ends_at_the_deadline() -> None:
     ours, _peer = socket.socketpair()
     t0 = time.monotonic()
-    with Connection(ours) as conn, pytest.raises(BusTimeoutError, match="in time"):
-        conn.reply(1, time.monotonic() + 0.05)
+    call = Call("/", "x.Y", "M", purpose="x to answer M")
+    with Connection(ours) as conn, pytest.raises(
+            BusTimeoutError, match=r"timed out after 0.05 s waiting for x to answer M"):
+        conn.reply(1, call, 0.05)
     assert time.monotonic() - t0 < 5
 
 
@@ -235,7 +243,7 @@ def test_error_reply_raises_with_its_name() -> None:
                          body=["Unit x.service already exists."]).to_bytes()
     conn, _peer = scripted(error)
     with conn, pytest.raises(BusCallError, match="already exists") as caught:
-        conn.call("/", "x.Y", "M")
+        conn.call(Call("/", "x.Y", "M"))
     assert caught.value.name == "org.freedesktop.systemd1.UnitExists"
 
 

@@ -1,6 +1,7 @@
 """The `sdshim` command. Errors become exit codes here, and only here.
 
-`create` and `run -d` take the blocking path (sdshim.units.creation), which imports
+`create` and `run -d` (sdshim.units.creation) and the quick commands `status`, `list`,
+`kill` and `stop` (sdshim.units.blockingmanager) take the blocking path, which imports
 neither asyncio nor dbus-fast; every other command runs on the asyncio Manager, imported
 when needed. Keep the imports here cheap: every command pays for them.
 """
@@ -22,7 +23,7 @@ from sdshim.errors import (
     UsageError,
 )
 from sdshim.signals import signal_number
-from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES
+from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES, seconds
 from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
 
 TYPE_CHECKING = False  # `typing` costs every command ~2 ms; only mypy needs it here
@@ -39,12 +40,19 @@ def parse_signal(value: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def seconds_option(option: str) -> Callable[[str], float]:
+    """The argparse type of a duration option. Its UsageError is not one argparse
+    catches: it leaves parse_args and becomes one line and exit 2 in main()."""
+    return lambda value: seconds(option, value)
+
+
 def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="container name (default: generated)")
     p.add_argument("--runtime", default="runc", help="OCI runtime: runc (default) or crun")
     p.add_argument("-p", "--property", action="append", default=[], metavar="KEY=VALUE",
                    help="unit resource setting, e.g. MemoryMax=512M, CPUQuota=50%%, TasksMax=64")
-    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--stop-timeout", type=seconds_option("--stop-timeout"), default=10.0,
+                   metavar="SECONDS",
                    help="grace period before SIGKILL on stop (default 10)")
     p.add_argument("--stop-signal", type=parse_signal, default=None, metavar="SIGNAL",
                    help="signal that asks the container to stop (default: the bundle's "
@@ -52,7 +60,8 @@ def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", choices=RESTART_POLICIES, default="no",
                    help="restart the container when it exits: no (default), on-failure "
                         "(non-zero status or signal), always (until stopped)")
-    p.add_argument("--restart-delay", type=float, default=DEFAULT_RESTART_DELAY,
+    p.add_argument("--restart-delay", type=seconds_option("--restart-delay"),
+                   default=DEFAULT_RESTART_DELAY,
                    metavar="SECONDS", help="pause before a restart (default %(default)s)")
     p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
     p.add_argument("--log-driver", default="native", metavar="native|stream",
@@ -132,7 +141,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="signal name or number (default TERM)")
         p.add_argument("name")
     if p := add("stop", help="stop a container (stop signal, SIGKILL after --time)"):
-        p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
+        p.add_argument("-t", "--time", type=seconds_option("--time"), default=10.0,
+                       metavar="SECONDS",
                        help="grace period before SIGKILL (default 10)")
         p.add_argument("name")
     if p := add("wait", help="wait for a container to exit; print its exit code"):
@@ -144,8 +154,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if p := add("exec", help="run a command in a running container"):
         _stdio_options(p)
         _detach_keys_option(p)
-        p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
-                       help=f"kill the command after this long (exit code {EXIT_TIMEOUT})")
+        p.add_argument("--timeout", type=seconds_option("--timeout"), default=0.0,
+                       metavar="SECONDS", help="kill the command after this long (exit "
+                       f"code {EXIT_TIMEOUT}; default 0: never)")
         p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("-w", "--workdir", default="", metavar="DIR")
         p.add_argument("name")
@@ -283,28 +294,8 @@ async def run_command(args: argparse.Namespace) -> int:
         if cmd == "start":
             await m.start(args.name)
             return 0
-        if cmd == "status":
-            status = await m.status(args.name)
-            if args.json:
-                print(json.dumps(status, indent=2))
-            else:
-                _print_status(status)
-            return 0
-        if cmd in ("list", "ps"):
-            statuses = await m.list()
-            if args.json:
-                print(json.dumps(statuses, indent=2))
-            else:
-                _print_table(statuses)
-            return 0
         if cmd == "logs":
             await _print_logs(m, args.name, args)
-            return 0
-        if cmd == "kill":
-            await m.kill(args.name, args.signal)
-            return 0
-        if cmd == "stop":
-            await m.stop(args.name, args.time)
             return 0
         if cmd == "wait":
             status = await m.wait(args.name)
@@ -456,6 +447,33 @@ def _print_table(statuses: list[dict[str, Any]]) -> None:
               f"{(s['id'] or '')[:12]}")
 
 
+# Commands on the blocking client (no asyncio, no dbus-fast): a few calls each.
+QUICK = frozenset({"status", "list", "ps", "kill", "stop"})
+
+
+def quick_command(args: argparse.Namespace) -> int:
+    from sdshim.units.blockingmanager import BlockingManager
+
+    with BlockingManager.connect() as m:
+        if args.command == "status":
+            status = m.status(args.name)
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+        elif args.command in ("list", "ps"):
+            statuses = m.list()
+            if args.json:
+                print(json.dumps(statuses, indent=2))
+            else:
+                _print_table(statuses)
+        elif args.command == "kill":
+            m.kill(args.name, args.signal)
+        elif args.command == "stop":
+            m.stop(args.name, args.time)
+    return 0
+
+
 def detached_create(args: argparse.Namespace) -> int:
     """create, run -d: start the unit, wait for its job, print the container's name."""
     from sdshim.units import creation
@@ -465,11 +483,16 @@ def detached_create(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit code. Whatever goes wrong ends here as one line on stderr:
+    sdshim's own errors with their code, anything else with 125 (its traceback only
+    with SDSHIM_DEBUG=1), so that it never passes for a container's exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         if args.command == "create" or (args.command == "run" and args.detach):
             return detached_create(args)
+        if args.command in QUICK:
+            return quick_command(args)
         import asyncio
 
         return asyncio.run(run_command(args))
@@ -482,6 +505,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + e.signum
     except BrokenPipeError:
         return 0
+    except Exception as e:  # the CLI's edge: a bug, said in one line
+        return unexpected(e)
+
+
+def unexpected(e: Exception) -> int:
+    """An exception sdshim did not expect: one line (the traceback with SDSHIM_DEBUG=1)."""
+    import os
+
+    if os.environ.get("SDSHIM_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(e)
+    text = str(e).splitlines()[0] if str(e).strip() else ""
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    print(f"sdshim: unexpected error ({what}); this is a bug in sdshim, please report it "
+          "(SDSHIM_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

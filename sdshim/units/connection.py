@@ -16,6 +16,15 @@ import re
 import time
 
 from sdshim.errors import SystemdError
+from sdshim.units.systemd1 import (
+    BUS,
+    BUS_PATH,
+    BusCallError,
+    BusLostError,
+    BusTimeoutError,
+    Call,
+    unreachable,
+)
 from sdshim.units.wire import (
     ERROR,
     HEADER_SIZE,
@@ -28,33 +37,15 @@ from sdshim.units.wire import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
-BUS = "org.freedesktop.DBus"
-BUS_PATH = "/org/freedesktop/DBus"
 # What libdbus waits for a reply by default; systemd answers in milliseconds.
 CALL_TIMEOUT = 25.0
-
-
-class BusTimeoutError(SystemdError):
-    """No answer on the bus before the deadline."""
-
-
-class BusCallError(SystemdError):
-    """An error reply: name is its D-Bus error name, the message its text."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-
-
-def unreachable(e: Exception) -> SystemdError:
-    """The error for a system bus that cannot be reached (both clients say this)."""
-    return SystemdError(
-        f"cannot connect to the system bus ({e}); is systemd running as PID 1 with dbus? "
-        "(on a host without it, use the test bed: python3 -m sdshim.testbed -- sdshim ...)")
+HELLO = Call(BUS_PATH, BUS, "Hello", destination=BUS,
+             purpose="the system bus to accept the connection (Hello)")
+# Re-exported: callers catch these as the blocking client's errors.
+__all__ = ["BusCallError", "BusLostError", "BusTimeoutError", "Connection", "unreachable"]
 
 
 def system_bus_socket(address: str | None = None) -> str:
@@ -81,7 +72,9 @@ def _unescape(value: str) -> str:
 
 
 class Connection:
-    """One authenticated connection; not thread-safe, one caller at a time."""
+    """One authenticated connection; not thread-safe, one caller at a time. Errors name
+    the call they waited for (Call.purpose): BusTimeoutError, BusLostError, and
+    BusCallError for an error reply."""
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
@@ -91,8 +84,9 @@ class Connection:
         self.signals: list[Message] = []
 
     @classmethod
-    def system(cls, timeout: float = CALL_TIMEOUT) -> Connection:
+    def system(cls, timeout: float | None = None) -> Connection:
         """Connected to the system bus, authenticated and registered (Hello)."""
+        timeout = CALL_TIMEOUT if timeout is None else timeout
         path = system_bus_socket()
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
@@ -122,98 +116,103 @@ class Connection:
         # Sent in one go, as sd-bus does: the server handles the lines in order, so
         # BEGIN and Hello may follow AUTH before its OK comes back.
         uid = str(os.geteuid()).encode().hex().encode()
-        hello = self._message(BUS_PATH, BUS, "Hello", destination=BUS)
-        self.sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + hello.to_bytes())
+        hello = self._message(HELLO)
+        self._sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + hello.to_bytes(), HELLO)
         deadline = time.monotonic() + timeout
         while b"\r\n" not in self.buffer:
-            self._fill(deadline, "authenticate")
+            self._fill(deadline, HELLO, timeout)
         line, _, rest = bytes(self.buffer).partition(b"\r\n")
         if not line.startswith(b"OK "):
             raise unreachable(OSError(f"the bus refused authentication as uid "
                                       f"{os.geteuid()}: {line.decode(errors='replace')}"))
         self.buffer = bytearray(rest)
-        self.reply(hello.serial, deadline)
+        self.reply(hello.serial, HELLO, timeout)
 
-    def _message(self, path: str, interface: str, member: str, signature: str = "",
-                 body: list[Any] | None = None, destination: str = "") -> Message:
+    def _message(self, call: Call) -> Message:
         self.serial += 1
-        return Message(path=path, interface=interface, member=member,
-                       destination=destination, signature=signature, body=body,
-                       serial=self.serial)
+        return Message(path=call.path, interface=call.interface, member=call.member,
+                       destination=call.destination, signature=call.signature,
+                       body=call.body, serial=self.serial)
 
-    def send(self, path: str, interface: str, member: str, signature: str = "",
-             body: list[Any] | None = None, destination: str = "") -> int:
-        """Send a method call; its serial, for reply()."""
-        msg = self._message(path, interface, member, signature, body, destination)
+    def _sendall(self, data: bytes, call: Call) -> None:
         try:
-            self.sock.sendall(msg.to_bytes())
+            self.sock.sendall(data)
         except OSError as e:
-            raise SystemdError(f"lost the system bus connection: {e}") from None
+            raise call.lost(e.strerror or str(e)) from None
+
+    def send(self, call: Call) -> int:
+        """Send a method call; its serial, for reply()."""
+        msg = self._message(call)
+        self._sendall(msg.to_bytes(), call)
         return msg.serial
 
-    def reply(self, serial: int, deadline: float | None = None) -> list[Any]:
-        """The body of the reply to call serial; BusCallError if it is an error."""
-        if deadline is None:
-            deadline = time.monotonic() + CALL_TIMEOUT
+    def reply(self, serial: int, call: Call, timeout: float | None = None) -> list[Any]:
+        """The body of the reply to call, sent as serial (within timeout seconds, by
+        default CALL_TIMEOUT); BusCallError if it is an error."""
+        timeout = CALL_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while serial not in self.replies:
-            self._receive(deadline, f"the reply to call {serial}")
+            self._receive(deadline, call, timeout)
         msg = self.replies.pop(serial)
         if msg.type == ERROR:
             text = msg.body[0] if msg.signature.startswith("s") and msg.body else ""
             raise BusCallError(msg.error_name, str(text or msg.error_name))
         return msg.body
 
-    def call(self, path: str, interface: str, member: str, signature: str = "",
-             body: list[Any] | None = None, destination: str = "") -> list[Any]:
-        return self.reply(self.send(path, interface, member, signature, body, destination))
+    def call(self, call: Call, timeout: float | None = None) -> list[Any]:
+        return self.reply(self.send(call), call, timeout)
 
-    def add_match(self, rule: str) -> int:
-        """Ask the bus for signals matching rule; the call's serial (its reply says
-        nothing, but calls sent after it are routed after the match is in place)."""
-        return self.send(BUS_PATH, BUS, "AddMatch", "s", [rule], destination=BUS)
-
-    def wait_signal(self, wanted: Callable[[Message], bool],
-                    deadline: float | None) -> Message:
-        """The first signal, received already or to come, for which wanted() is true.
+    def next_signal(self, call: Call, deadline: float | None,
+                    timeout: float | None) -> Message:
+        """The oldest signal not taken yet, received already or to come before deadline
+        (timeout seconds from when the wait began); call is what it is awaited for.
         Signals are kept from the start of the connection, so one that came before the
-        reply of the call that caused it is found too."""
-        while True:
-            for i, msg in enumerate(self.signals):
-                if wanted(msg):
-                    del self.signals[i]
-                    return msg
-            self.signals.clear()
-            self._receive(deadline, "a signal")
+        reply of the call that caused it is here too."""
+        while not self.signals:
+            self._receive(deadline, call, timeout)
+        return self.signals.pop(0)
 
-    def _receive(self, deadline: float | None, what: str) -> None:
+    def signalled(self, call: Call, seconds: float) -> bool:
+        """Whether a signal came, or comes within seconds (waiting for call's sake);
+        takes them all."""
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.signals:
+                self._receive(deadline, call, seconds)
+        except BusTimeoutError:
+            return False
+        self.signals.clear()
+        return True
+
+    def _receive(self, deadline: float | None, call: Call, timeout: float | None) -> None:
         """Read one message and file it under replies or signals."""
         while len(self.buffer) < HEADER_SIZE:
-            self._fill(deadline, what)
+            self._fill(deadline, call, timeout)
         try:
             length = message_length(self.buffer)
             while len(self.buffer) < length:
-                self._fill(deadline, what)
+                self._fill(deadline, call, timeout)
             msg = Message.from_bytes(bytes(self.buffer[:length]))
         except (WireError, UnicodeDecodeError) as e:
-            raise SystemdError(f"garbled message on the system bus: {e}") from None
+            raise SystemdError(f"garbled message on the system bus while waiting for "
+                               f"{call.purpose}: {e}") from None
         del self.buffer[:length]
         if msg.type in (METHOD_RETURN, ERROR):
             self.replies[msg.reply_serial] = msg
         elif msg.type == SIGNAL:
             self.signals.append(msg)
 
-    def _fill(self, deadline: float | None, what: str) -> None:
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise BusTimeoutError(f"no {what} on the system bus in time; is systemd busy?")
-        self.sock.settimeout(timeout)
+    def _fill(self, deadline: float | None, call: Call, timeout: float | None) -> None:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise call.timed_out(timeout or 0)
+        self.sock.settimeout(left)
         try:
             data = self.sock.recv(65536)
         except TimeoutError:
-            raise BusTimeoutError(f"no {what} on the system bus in time; is systemd "
-                                  "busy?") from None
+            raise call.timed_out(timeout or 0) from None
         except OSError as e:
-            raise SystemdError(f"lost the system bus connection: {e}") from None
+            raise call.lost(e.strerror or str(e)) from None
         if not data:
-            raise SystemdError("the system bus closed the connection")
+            raise call.lost()
         self.buffer += data

@@ -1,5 +1,6 @@
-"""Creating a container: the checks and errors Manager.create (asyncio, dbus-fast) and
-the CLI's blocking path share, and that blocking path itself.
+"""Creating a container: the checks Manager.create (asyncio, dbus-fast) and the CLI's
+blocking path share, the start of its unit (the calls and errors are the protocol
+core's, sdshim.units.systemd1.UnitStart), and that blocking path itself.
 
 `sdshim create` and `run -d` only start a unit and wait for its job; here that costs
 no asyncio and no D-Bus library (sdshim.units.systemd1), which is most of what the
@@ -14,18 +15,11 @@ import signal
 from pathlib import Path
 
 from sdshim import naming, records
-from sdshim.errors import (
-    BundleError,
-    ContainerExistsError,
-    CreateError,
-    RuntimeNotFoundError,
-    SdshimError,
-    SystemdError,
-)
+from sdshim.errors import BundleError, RuntimeNotFoundError
 from sdshim.signals import signal_number
-from sdshim.units.connection import BusCallError
+from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.spec import ContainerSpec
-from sdshim.units.systemd1 import UNIT_EXISTS, BlockingSystemd
+from sdshim.units.systemd1 import UnitStart, exists_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,32 +87,10 @@ def container_spec(bundle: Path, name: str | None, runtime: str, start: bool,
     return spec
 
 
-def exists_error(name: str) -> ContainerExistsError:
-    return ContainerExistsError(f"container {name} already exists; delete it with "
-                                f"`sdshim delete {name}` or choose another --name")
-
-
-def refused_error(unit: str, e: BusCallError, name: str = "") -> SdshimError:
-    """systemd's answer to StartTransientUnit, for the user. A unit of that name that
-    systemd still has loaded (even ended) is an existing container."""
-    if name and e.name == UNIT_EXISTS:
-        return exists_error(name)
-    return SystemdError(f"systemd refused to start {unit}: {e}")
-
-
-def recorded_error(directory: Path) -> CreateError | None:
-    """Why the monitor whose records are in directory failed, as it recorded it."""
-    exit_record = records.read_json(directory / "exit.json")
-    if exit_record and exit_record.get("error"):
-        return CreateError(str(exit_record["error"]), int(exit_record.get("exit_code") or 125))
-    return None
-
-
-def unit_error(unit: str, what: str, result: str, props: dict[str, Any] | None) -> CreateError:
-    """Why a monitor that left no record did not get ready: systemd's word (props)."""
-    props = props or {}
-    detail = props.get("StatusText") or f"job {result}, result {props.get('Result')}"
-    return CreateError(f"{what} failed to start: {detail}; see `journalctl -u {unit}`")
+def unit_start(spec: ContainerSpec) -> UnitStart:
+    """Starting the container's unit: the job and its errors (sdshim.units.systemd1)."""
+    return UnitStart(spec.unit, spec.unit_properties(), what=f"container {spec.name}",
+                     directory=records.container_dir(spec.name), name=spec.name)
 
 
 def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
@@ -127,12 +99,5 @@ def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
     at READY=1, or when the unit fails or its start times out (TimeoutStartSec)."""
     spec = container_spec(bundle, name, runtime, start, options)
     with BlockingSystemd.connect() as systemd:
-        try:
-            result = systemd.start_transient(spec.unit, spec.unit_properties())
-        except BusCallError as e:
-            raise refused_error(spec.unit, e, spec.name) from None
-        if result != "done":
-            raise (recorded_error(records.container_dir(spec.name))
-                   or unit_error(spec.unit, f"container {spec.name}", result,
-                                 systemd.unit_properties(spec.unit)))
+        systemd.start_unit(unit_start(spec))
     return spec.name

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdshim import naming, records
-from sdshim.errors import ContainerStateError
-from sdshim.units.connection import BusCallError
-from sdshim.units.creation import refused_error
+from sdshim.errors import ContainerStateError, CreateError
 from sdshim.units.manager import Manager, control_request, start_monitored
 from sdshim.units.spec import monitor_command, monitor_properties, stdio_flags
+from sdshim.units.systemd1 import UnitStart
 
 if TYPE_CHECKING:
     from sdshim.units.spec import Property
@@ -104,13 +103,11 @@ async def create(m: Manager, name: str, command: list[str], *, start: bool,
                     bundle=status["bundle"], command=command, start=start, **options)
     ex = Exec(name, spec.exec_id, spec.unit, records.exec_dir(name, spec.exec_id))
     try:
-        result = await m.systemd.start_transient(spec.unit, spec.unit_properties())
-    except BusCallError as e:
-        raise refused_error(spec.unit, e) from None
-    if result != "done":
-        error = await m.start_error(ex.dir, ex.unit, ex.what, result)
+        await m.systemd.start_unit(UnitStart(spec.unit, spec.unit_properties(),
+                                             what=ex.what, directory=ex.dir))
+    except CreateError:
         remove(ex)
-        raise error
+        raise
     return ex
 
 

@@ -18,18 +18,27 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sdshim import naming, records, spawn
+from sdshim import records, spawn
 from sdshim.errors import (
-    EXIT_NO_RESTART,
     ContainerStateError,
     CreateError,
     NoSuchContainerError,
 )
+from sdshim.units import control
 from sdshim.units.bus import Systemd
-from sdshim.units.connection import BusCallError
-from sdshim.units.creation import container_spec, recorded_error, refused_error, unit_error
+from sdshim.units.creation import container_spec, unit_start
+from sdshim.units.status import (
+    UNIT_PATTERN,
+    check_killable,
+    check_reply,
+    describe,
+    names,
+    still_there,
+    unit_of,
+)
+from sdshim.units.systemd1 import BusCallError
 
-CONTROL_TIMEOUT = 10.0
+CONTROL_TIMEOUT = control.TIMEOUT
 
 
 class Manager:
@@ -59,20 +68,8 @@ class Manager:
         (keep stdin open), tty (give it a terminal) (see spec.ContainerSpec).
         """
         spec = container_spec(bundle, name, runtime, start, options)
-        try:
-            result = await self.systemd.start_transient(spec.unit, spec.unit_properties())
-        except BusCallError as e:
-            raise refused_error(spec.unit, e, spec.name) from None
-        if result != "done":
-            raise await self.start_error(records.container_dir(spec.name), spec.unit,
-                                         f"container {spec.name}", result)
+        await self.systemd.start_unit(unit_start(spec))
         return spec.name
-
-    async def start_error(self, directory: Path, unit: str, what: str,
-                          result: str) -> CreateError:
-        """Why the monitor of unit did not get ready: its exit record, or systemd's word."""
-        return recorded_error(directory) or unit_error(
-            unit, what, result, await self.systemd.service_state(unit))
 
     async def start(self, name: str) -> None:
         status = await self.status(name)
@@ -88,71 +85,13 @@ class Manager:
     # --- state ---------------------------------------------------------------------
 
     async def status(self, name: str) -> dict[str, Any]:
-        naming.validate_name(name)
-        cdir = records.container_dir(name)
-        # The monitor records its unit: sdshim@NAME.service for a boot-time container.
-        owner = (records.read_json(cdir / "state.json") or {}).get("unit")
-        unit = str(owner or naming.unit_name(name))
-        # The unit first, the records after: a monitor writes its exit record before it
-        # ends, so an ended unit seen here with no record really left none.
-        props = await self.systemd.service_state(unit)
-        state = records.read_json(cdir / "state.json")
-        exit_record = records.read_json(cdir / "exit.json")
-        if props is None and state is None and exit_record is None:
-            raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
-        state = {**_monitor_args(props), **(state or {})}
-        info: dict[str, Any] = {
-            "name": name, "id": state.get("id"), "unit": unit, "state": "unknown",
-            "pid": state.get("pid"), "exit_code": None, "signal": None,
-            "oom_killed": False,
-            "created_at": state.get("created_at"), "started_at": state.get("started_at"),
-            "finished_at": None, "error": None, "bundle": state.get("bundle"),
-            "runtime": state.get("runtime"), "monitor_pid": None,
-            "restart": state.get("restart", "no"),
-            "restarts": (exit_record or state).get("restarts", 0),
-            "log_driver": state.get("log_driver"),
-            "invocation_ids": state.get("invocation_ids", []),
-            "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
-            "unit_state": None, "status_text": None,
-        }
-        if props is not None:
-            info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
-            info["status_text"] = props.get("StatusText") or None
-            info["monitor_pid"] = props.get("MainPID") or None
-            info["restart"] = props.get("Restart") or info["restart"]
-            info["restarts"] = props.get("NRestarts", info["restarts"])
-        if exit_record is not None:
-            info.update(state="exited", exit_code=exit_record.get("exit_code"),
-                        signal=exit_record.get("signal"),
-                        oom_killed=bool(exit_record.get("oom_killed")),
-                        finished_at=exit_record.get("finished_at"),
-                        error=exit_record.get("error"), pid=exit_record.get("pid"))
-            for key in ("stop_signal", "stop_timed_out"):
-                if key in exit_record:
-                    info[key] = exit_record[key]
-            if _restarting(props, exit_record):
-                info["state"] = "restarting"
-        elif props is not None and props.get("SubState") == "auto-restart":
-            info.update(state="restarting", error=_monitor_death(props))
-        elif _unit_ended(props):
-            info.update(state="exited", error=_monitor_death(props))
-        else:
-            info["state"] = {"created": "created", "running": "running",
-                             "exiting": "exiting"}.get(str(state.get("status")), "creating")
-        return info
+        unit = unit_of(name)
+        return describe(name, unit, await self.systemd.service_state(unit))
 
     async def list(self) -> list[dict[str, Any]]:
-        names = set()
-        for unit, _active, _sub in await self.systemd.list_units(
-                [f"{naming.UNIT_PREFIX}*{naming.UNIT_SUFFIX}"]):
-            name = naming.name_from_unit(unit)
-            if name:
-                names.add(name)
-        if records.RUN_DIR.is_dir():
-            names.update(p.name for p in records.RUN_DIR.iterdir()
-                         if naming.NAME_RE.fullmatch(p.name))
+        units = await self.systemd.list_units([UNIT_PATTERN])
         statuses = []
-        for name in sorted(names):
+        for name in names(unit for unit, _active, _sub in units):
             with contextlib.suppress(NoSuchContainerError):
                 statuses.append(await self.status(name))
         return statuses
@@ -171,8 +110,7 @@ class Manager:
             if deadline is not None:
                 wait = min(wait, deadline - loop.time())
                 if wait <= 0:
-                    raise ContainerStateError(f"container {name} still {status['state']} "
-                                              f"after {timeout}s")
+                    raise still_there(name, status, timeout)
             # The unit changes state when the monitor exits; the poll is a safety net.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait)
@@ -180,12 +118,8 @@ class Manager:
     # --- signals, stop, delete ---------------------------------------------------------
 
     async def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
-        status = await self.status(name)
-        if status["state"] not in ("running", "created"):
-            raise ContainerStateError(f"container {name} is {status['state']}, not running")
-        reply = await self.control(name, {"op": "kill", "signal": signum})
-        if not reply.get("ok"):
-            raise ContainerStateError(f"container {name}: {reply.get('error')}")
+        check_killable(name, await self.status(name))
+        check_reply(name, await self.control(name, {"op": "kill", "signal": signum}))
 
     async def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         """Stop signal, then SIGKILL after timeout seconds; the final status."""
@@ -269,41 +203,6 @@ def _runtime_ids_by_bundle(runtime: str, root: Path, bundle: str) -> set[str]:
             if isinstance(e, dict) and e.get("bundle") == bundle and e.get("id")}
 
 
-def _restarting(props: dict[str, Any] | None, exit_record: dict[str, Any]) -> bool:
-    """Whether systemd restarts the container whose exit exit_record holds."""
-    if props is None:
-        return False
-    if props.get("SubState") == "auto-restart":
-        return True
-    active = props.get("ActiveState")
-    if active not in ("active", "activating", "deactivating") or \
-            props.get("SubState") == "exited":
-        return False
-    job = props.get("Job") or (0, "/")
-    if active == "deactivating" and job[0]:
-        return False  # a stop job: systemd does not restart what it was asked to stop
-    # The monitor recorded the exit and has not ended yet, or the unit is winding down
-    # after it (or a new monitor is starting): systemd applies the policy to its
-    # status, unless the monitor marked it final.
-    policy, code = props.get("Restart", "no"), exit_record.get("monitor_exit_code")
-    if policy == "no" or code == EXIT_NO_RESTART:
-        return False
-    return policy == "always" or code != 0
-
-
-def _monitor_args(props: dict[str, Any] | None) -> dict[str, Any]:
-    """id and runtime from the monitor's command line, for when its records are gone."""
-    try:
-        argv = list(props["ExecStart"][0][1]) if props else []
-    except (KeyError, IndexError, TypeError):
-        return {}
-    found = {}
-    for key in ("id", "runtime"):
-        with contextlib.suppress(ValueError, IndexError):
-            found[key] = str(argv[argv.index(f"--{key}") + 1])
-    return found
-
-
 async def start_monitored(directory: Path, what: str) -> None:
     """Ask the monitor whose records are in directory to start its process."""
     reply = await control_request(directory, {"op": "start"}, what)
@@ -326,48 +225,20 @@ async def wait_exit_record(directory: Path, timeout: float) -> dict[str, Any] | 
 
 async def control_request(directory: Path, request: dict[str, Any],
                           what: str) -> dict[str, Any]:
-    """One request to the monitor whose records are in directory, over its control socket."""
+    """One request to the monitor whose records are in directory, over its control socket
+    (the protocol: sdshim.units.control)."""
     path = directory / "control"
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(str(path)), CONTROL_TIMEOUT)
     except (OSError, TimeoutError):
-        raise ContainerStateError(
-            f"{what} has no running monitor (no control socket at {path})") from None
+        raise control.no_monitor(what, path) from None
     try:
-        writer.write(json.dumps(request).encode())
+        writer.write(control.encode(request))
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
-    except (OSError, TimeoutError) as e:
-        raise ContainerStateError(f"{what}: monitor did not answer: {e}") from None
+    except OSError as e:  # TimeoutError too
+        raise control.no_answer(what, e) from None
     finally:
         writer.close()
-    try:
-        reply: dict[str, Any] = json.loads(line)
-    except ValueError:
-        raise ContainerStateError(f"{what}: monitor closed the control "
-                                  "connection without an answer") from None
-    return reply
-
-
-def _unit_ended(props: dict[str, Any] | None) -> bool:
-    if props is None:
-        return True
-    active, sub = props.get("ActiveState"), props.get("SubState")
-    return active in ("inactive", "failed") or (active == "active" and sub == "exited")
-
-
-def _monitor_death(props: dict[str, Any] | None) -> str:
-    """Why there is no exit record: the monitor ended without writing one."""
-    if props is None:
-        return "the container's unit is gone and its monitor left no exit record"
-    code, status = props.get("ExecMainCode"), props.get("ExecMainStatus")
-    # ExecMainCode is a siginfo si_code: 1 exited, 2 killed, 3 dumped core.
-    if code in (2, 3) and status:
-        with contextlib.suppress(ValueError):
-            how = "killed by " + signal.Signals(int(status)).name
-            return f"the monitor died ({how}) before the container's exit was recorded; " \
-                   "the container's exit status is unknown"
-    return (f"the monitor ended (status {status}) without recording the container's exit; "
-            "the container's exit status is unknown")
-
+    return control.decode(line, what)

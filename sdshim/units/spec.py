@@ -34,6 +34,9 @@ LOG_MAX_LINE_LIMIT = 64 << 20
 STOP_MARGIN_SEC = 5.0
 RESTART_POLICIES = ("no", "on-failure", "always")
 DEFAULT_RESTART_DELAY = 1.0
+# The longest duration an option takes: about 31 years, far below what systemd's
+# microsecond fields (uint64) hold.
+MAX_SECONDS = 1e9
 
 
 class ContainerSpec:
@@ -68,6 +71,8 @@ class ContainerSpec:
         self._check()
 
     def _check(self) -> None:
+        seconds("--stop-timeout", self.stop_timeout)
+        seconds("--restart-delay", self.restart_delay)
         if self.log_driver not in LOG_DRIVERS:
             raise UsageError(f"invalid --log-driver {self.log_driver!r}: use native "
                              "(the monitor forwards lines with the container fields) or "
@@ -232,6 +237,20 @@ def parse_weight(value: str) -> int:
     n = int(value) if value.isdigit() else 0
     if not 1 <= n <= 10000:
         raise ValueError("expected a weight from 1 to 10000")
+    return n
+
+
+def seconds(option: str, value: float | str) -> float:
+    """A duration option's value in seconds: a finite number, 0 or more (NaN would
+    compare false with everything: a NaN stop timeout meant an immediate SIGKILL)."""
+    try:
+        n = float(value)
+    except ValueError:
+        n = float("nan")
+    # Written so that NaN fails too: every comparison with it is false.
+    if not 0 <= n <= MAX_SECONDS:
+        raise UsageError(f"invalid {option} {value!r}: give a number of seconds, 0 or "
+                         f"more (at most {MAX_SECONDS:.0f}), e.g. 10 or 0.5")
     return n
 
 

@@ -1,0 +1,165 @@
+"""A container's status, from its unit's properties and the monitor's records, without
+the bus: both managers (sdshim.units.manager on asyncio, sdshim.units.blockingmanager
+for the quick commands) fetch the properties their way and ask here what they mean."""
+
+from __future__ import annotations
+
+import signal
+
+from sdshim import naming, records
+from sdshim.errors import EXIT_NO_RESTART, ContainerStateError, NoSuchContainerError
+
+TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+UNIT_PATTERN = f"{naming.UNIT_PREFIX}*{naming.UNIT_SUFFIX}"
+
+
+def unit_of(name: str) -> str:
+    """The container's unit: the monitor records it (sdshim@NAME.service for a boot-time
+    container), else sdshim-NAME.service."""
+    naming.validate_name(name)
+    owner = (records.read_json(records.container_dir(name) / "state.json") or {}).get("unit")
+    return str(owner or naming.unit_name(name))
+
+
+def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, Any]:
+    """The status of container name, whose unit has props (None: not loaded).
+
+    The unit first, the records after (read here): a monitor writes its exit record
+    before it ends, so an ended unit seen with no record really left none.
+    """
+    cdir = records.container_dir(name)
+    state = records.read_json(cdir / "state.json")
+    exit_record = records.read_json(cdir / "exit.json")
+    if props is None and state is None and exit_record is None:
+        raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
+    state = {**_monitor_args(props), **(state or {})}
+    info: dict[str, Any] = {
+        "name": name, "id": state.get("id"), "unit": unit, "state": "unknown",
+        "pid": state.get("pid"), "exit_code": None, "signal": None,
+        "oom_killed": False,
+        "created_at": state.get("created_at"), "started_at": state.get("started_at"),
+        "finished_at": None, "error": None, "bundle": state.get("bundle"),
+        "runtime": state.get("runtime"), "monitor_pid": None,
+        "restart": state.get("restart", "no"),
+        "restarts": (exit_record or state).get("restarts", 0),
+        "log_driver": state.get("log_driver"),
+        "invocation_ids": state.get("invocation_ids", []),
+        "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
+        "unit_state": None, "status_text": None,
+    }
+    if props is not None:
+        info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
+        info["status_text"] = props.get("StatusText") or None
+        info["monitor_pid"] = props.get("MainPID") or None
+        info["restart"] = props.get("Restart") or info["restart"]
+        info["restarts"] = props.get("NRestarts", info["restarts"])
+    if exit_record is not None:
+        info.update(state="exited", exit_code=exit_record.get("exit_code"),
+                    signal=exit_record.get("signal"),
+                    oom_killed=bool(exit_record.get("oom_killed")),
+                    finished_at=exit_record.get("finished_at"),
+                    error=exit_record.get("error"), pid=exit_record.get("pid"))
+        for key in ("stop_signal", "stop_timed_out"):
+            if key in exit_record:
+                info[key] = exit_record[key]
+        if _restarting(props, exit_record):
+            info["state"] = "restarting"
+    elif props is not None and props.get("SubState") == "auto-restart":
+        info.update(state="restarting", error=_monitor_death(props))
+    elif _unit_ended(props):
+        info.update(state="exited", error=_monitor_death(props))
+    else:
+        info["state"] = {"created": "created", "running": "running",
+                         "exiting": "exiting"}.get(str(state.get("status")), "creating")
+    return info
+
+
+def names(units: Iterable[str]) -> list[str]:
+    """Every container's name: from its loaded unit (units: ListUnitsByPatterns of
+    UNIT_PATTERN) or its records."""
+    found = {n for n in (naming.name_from_unit(u) for u in units) if n}
+    if records.RUN_DIR.is_dir():
+        found.update(p.name for p in records.RUN_DIR.iterdir()
+                     if naming.NAME_RE.fullmatch(p.name))
+    return sorted(found)
+
+
+def check_killable(name: str, status: dict[str, Any]) -> None:
+    if status["state"] not in ("running", "created"):
+        raise ContainerStateError(f"container {name} is {status['state']}, not running")
+
+
+def check_reply(name: str, reply: dict[str, Any]) -> None:
+    """A control request's reply (kill): an error it carries is the container's state."""
+    if not reply.get("ok"):
+        raise ContainerStateError(f"container {name}: {reply.get('error')}")
+
+
+def still_there(name: str, status: dict[str, Any],
+                timeout: float | None) -> ContainerStateError:
+    """What waiting for the container's exit says when the time is up."""
+    return ContainerStateError(f"container {name} still {status['state']} after {timeout}s")
+
+
+def _restarting(props: dict[str, Any] | None, exit_record: dict[str, Any]) -> bool:
+    """Whether systemd restarts the container whose exit exit_record holds."""
+    if props is None:
+        return False
+    if props.get("SubState") == "auto-restart":
+        return True
+    active = props.get("ActiveState")
+    if active not in ("active", "activating", "deactivating") or \
+            props.get("SubState") == "exited":
+        return False
+    job = props.get("Job") or (0, "/")
+    if active == "deactivating" and job[0]:
+        return False  # a stop job: systemd does not restart what it was asked to stop
+    # The monitor recorded the exit and has not ended yet, or the unit is winding down
+    # after it (or a new monitor is starting): systemd applies the policy to its
+    # status, unless the monitor marked it final.
+    policy, code = props.get("Restart", "no"), exit_record.get("monitor_exit_code")
+    if policy == "no" or code == EXIT_NO_RESTART:
+        return False
+    return policy == "always" or code != 0
+
+
+def _monitor_args(props: dict[str, Any] | None) -> dict[str, Any]:
+    """id and runtime from the monitor's command line, for when its records are gone."""
+    try:
+        argv = list(props["ExecStart"][0][1]) if props else []
+    except (KeyError, IndexError, TypeError):
+        return {}
+    found = {}
+    for key in ("id", "runtime"):
+        if f"--{key}" in argv[:-1]:
+            found[key] = str(argv[argv.index(f"--{key}") + 1])
+    return found
+
+
+def _unit_ended(props: dict[str, Any] | None) -> bool:
+    if props is None:
+        return True
+    active, sub = props.get("ActiveState"), props.get("SubState")
+    return active in ("inactive", "failed") or (active == "active" and sub == "exited")
+
+
+def _monitor_death(props: dict[str, Any] | None) -> str:
+    """Why there is no exit record: the monitor ended without writing one."""
+    if props is None:
+        return "the container's unit is gone and its monitor left no exit record"
+    code, status = props.get("ExecMainCode"), props.get("ExecMainStatus")
+    # ExecMainCode is a siginfo si_code: 1 exited, 2 killed, 3 dumped core.
+    if code in (2, 3) and status:
+        try:
+            how = "killed by " + signal.Signals(int(status)).name
+        except ValueError:
+            pass
+        else:
+            return f"the monitor died ({how}) before the container's exit was recorded; " \
+                   "the container's exit status is unknown"
+    return (f"the monitor ended (status {status}) without recording the container's exit; "
+            "the container's exit status is unknown")
