@@ -61,7 +61,9 @@ def test_malformed_attach_frames_cost_nothing(bed: Bed, name: str, make_bundle: 
     client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     client.connect(path)
     for frame in frames[:-1]:
-        client.send(frame)
+        # The monitor may drop this client at its first bad frame: then the rest bounce.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.send(frame)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client.close()
     assert status(bed, name)["state"] == "running"
