@@ -3,9 +3,9 @@
 The protocol core under sdshim's two transports, in dbus-fast's layout (one core, thin
 I/O classes): the blocking client behind `sdshim create`, `run -d`, `status`, `list`,
 `kill` and `stop` (sdshim.units.blockingbus, standard library only) and the asyncio one
-on dbus-fast for everything else (sdshim.units.bus). Here are the calls to make (Call), a job followed to
-its end whatever order its reply and its JobRemoved signal come in (Job), and what
-starting a monitor's unit means for the user: the errors (UnitStart). The transports
+on dbus-fast for everything else (sdshim.units.bus). Here are the calls to make (Call),
+a job followed to its end whatever order its reply and its JobRemoved signal come in
+(Job), and what starting a monitor's unit means for the user: the errors (UnitStart). The transports
 send the calls, feed back what came, and raise what this gives them.
 """
 
