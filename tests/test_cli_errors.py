@@ -325,3 +325,17 @@ def test_the_real_bus_going_away_mid_start_is_one_line_and_125(
     status = bed.sdshim("status", "--json", name)
     assert status.returncode == 0, status.stderr.decode()
     assert json.loads(status.stdout)["name"] == name
+
+
+def test_the_python_api_refuses_a_nan_stop_time() -> None:
+    import asyncio
+
+    from sdshim.errors import UsageError
+    from sdshim.units.blockingmanager import BlockingManager
+    from sdshim.units.manager import Manager
+
+    # Refused before any call: neither manager needs a bus for it.
+    with pytest.raises(UsageError, match="invalid --time nan"):
+        BlockingManager(None).stop("web", float("nan"))  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="invalid --time -1"):
+        asyncio.run(Manager(None).stop("web", -1))  # type: ignore[arg-type]

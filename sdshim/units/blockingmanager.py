@@ -15,6 +15,7 @@ from sdshim import records
 from sdshim.errors import ContainerStateError, NoSuchContainerError
 from sdshim.units import control
 from sdshim.units.blockingbus import BlockingSystemd
+from sdshim.units.spec import seconds
 from sdshim.units.status import (
     UNIT_PATTERN,
     check_killable,
@@ -71,6 +72,7 @@ class BlockingManager:
 
     def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         """Stop signal, then SIGKILL after timeout seconds; the final status."""
+        seconds("--time", timeout)
         status = self.status(name)
         if status["state"] == "exited":
             return status

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sdshim import naming, records
 from sdshim.errors import ContainerStateError, CreateError
 from sdshim.units.manager import Manager, control_request, start_monitored
-from sdshim.units.spec import monitor_command, monitor_properties, stdio_flags
+from sdshim.units.spec import monitor_command, monitor_properties, seconds, stdio_flags
 from sdshim.units.systemd1 import UnitStart
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ async def create(m: Manager, name: str, command: list[str], *, start: bool,
 
     options: interactive, tty, timeout, env, cwd.
     """
+    seconds("--timeout", options.get("timeout", 0.0))
     status = await m.status(name)
     if status["state"] != "running":
         raise ContainerStateError(f"container {name} is {status['state']}, not running; "

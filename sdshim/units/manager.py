@@ -27,6 +27,7 @@ from sdshim.errors import (
 from sdshim.units import control
 from sdshim.units.bus import Systemd
 from sdshim.units.creation import container_spec, unit_start
+from sdshim.units.spec import seconds
 from sdshim.units.status import (
     UNIT_PATTERN,
     check_killable,
@@ -123,6 +124,7 @@ class Manager:
 
     async def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         """Stop signal, then SIGKILL after timeout seconds; the final status."""
+        seconds("--time", timeout)
         status = await self.status(name)
         if status["state"] == "exited":
             return status
