@@ -8,7 +8,7 @@ a frame in two. The first byte says what the frame is; the rest is its payload.
 
 from __future__ import annotations
 
-import struct
+import sys
 
 from sdshim import leanjson
 
@@ -30,7 +30,7 @@ SKIPPED = 7  # decimal: output bytes this client missed because it read too slow
 # Output is sent in frames of at most this many payload bytes; well below the
 # socket's default send buffer, which bounds a SOCK_SEQPACKET message.
 MAX_PAYLOAD = 32 * 1024
-_SIZE = struct.Struct("=HH")
+_HALF = 2  # a u16 of the size, native order (no struct: ~30 kB in every monitor)
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -38,13 +38,14 @@ def frame(kind: int, payload: bytes = b"") -> bytes:
 
 
 def resize(rows: int, cols: int) -> bytes:
-    return frame(RESIZE, _SIZE.pack(rows, cols))
+    return frame(RESIZE, rows.to_bytes(_HALF, sys.byteorder) + cols.to_bytes(_HALF, sys.byteorder))
 
 
 def parse_resize(payload: bytes) -> tuple[int, int] | None:
-    if len(payload) != _SIZE.size:
+    if len(payload) != 2 * _HALF:
         return None
-    rows, cols = _SIZE.unpack(payload)
+    rows = int.from_bytes(payload[:_HALF], sys.byteorder)
+    cols = int.from_bytes(payload[_HALF:], sys.byteorder)
     return rows, cols
 
 

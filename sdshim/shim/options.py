@@ -63,7 +63,7 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--log-size-max": (int, 0),  # rotate it at this size; 0: never
     "--interactive": (_flag, False),  # keep the container's stdin open (-i)
     "--tty": (_flag, False),  # give it a terminal (-t)
-    # The monitor of an `sdshim exec` process (sdshim.shim.execmonitor):
+    # The monitor of an `sdshim exec` process (sdshim.shim.execprocess):
     "--exec-id": (str, ""),
     "--timeout": (float, 0.0),  # kill the process after this many seconds
     "--env": (str, []),

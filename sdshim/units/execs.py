@@ -1,6 +1,6 @@
 """`sdshim exec`: one more process in a running container, as a unit of its own.
 
-sdshim-NAME:exec-ID.service runs the exec monitor (sdshim.shim.execmonitor), which
+sdshim-NAME:exec-ID.service runs the exec monitor (sdshim.shim.execprocess), which
 runs `runc exec` and supervises the process; the process joins the container's
 cgroup and namespaces. Records go to /run/sdshim/NAME/exec-ID/; output goes to the
 journal with the container's fields and SDSHIM_EXEC_ID=ID.
