@@ -23,6 +23,7 @@ from sdshim.errors import (
     ContainerStateError,
     CreateError,
     NoSuchContainerError,
+    SystemdError,
 )
 from sdshim.units import control
 from sdshim.units.bus import Systemd
@@ -37,9 +38,12 @@ from sdshim.units.status import (
     still_there,
     unit_of,
 )
-from sdshim.units.systemd1 import BusCallError
+from sdshim.units.systemd1 import BusCallError, BusLostError, BusTimeoutError
 
 CONTROL_TIMEOUT = control.TIMEOUT
+# How long `wait` rides out a systemd that does not answer (daemon-reexec drops its bus
+# connection for a moment) before it gives up with that error.
+BUS_GRACE = 30.0
 
 
 class Manager:
@@ -98,13 +102,35 @@ class Manager:
         return statuses
 
     async def wait(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        """Until the container has exited; its status."""
-        changed = await self.systemd.watch_unit((await self.status(name))["unit"])
+        """Until the container has exited; its status.
+
+        A systemd that stops answering for a while (daemon-reexec) or a lost bus
+        connection does not end the wait: it asks again, on a new connection if need be,
+        for up to BUS_GRACE seconds.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        changed: asyncio.Event | None = None
+        trouble_since: float | None = None
         while True:
-            changed.clear()
-            status = await self.status(name)
+            try:
+                if changed is None:
+                    changed = await self.systemd.watch_unit((await self.status(name))["unit"])
+                changed.clear()
+                status = await self.status(name)
+            except (BusCallError, BusTimeoutError, BusLostError) as e:
+                now = loop.time()
+                trouble_since = now if trouble_since is None else trouble_since
+                if now - trouble_since > BUS_GRACE or (deadline is not None and now > deadline):
+                    raise
+                if isinstance(e, BusLostError):
+                    self.systemd.close()
+                    with contextlib.suppress(SystemdError):
+                        self.systemd = await Systemd.connect()
+                    changed = None
+                await asyncio.sleep(0.5)
+                continue
+            trouble_since = None
             if status["state"] == "exited":
                 return status
             wait = 0.5
