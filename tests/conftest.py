@@ -138,16 +138,42 @@ def make_bundle(bed: Bed) -> Any:
 
     def make(*args: str, **kw: Any) -> Path:
         target = base / secrets.token_hex(4)
-        rootfs = base / "rootfs"
-        if not rootfs.exists():
-            bundles.make_busybox(base / "template", ["true"])
-            (base / "template/rootfs").rename(rootfs)
         target.mkdir(parents=True)
-        (target / "rootfs").symlink_to(rootfs)
+        (target / "rootfs").symlink_to(shared_rootfs(bed))
         bundles.write_config(target, args, **kw)
         return target
 
     return make
+
+
+def shared_rootfs(bed: Bed) -> Path:
+    """The busybox rootfs every make_bundle bundle links to (made once per session)."""
+    base = bed.scratch / "bundles"
+    rootfs = base / "rootfs"
+    if not rootfs.exists():
+        bundles.make_busybox(base / "template", ["true"])
+        (base / "template/rootfs").rename(rootfs)
+    return rootfs
+
+
+HELPER_SOURCE = REPO / "tests/helpers/sdhelper.c"
+
+
+@pytest.fixture
+def sdhelper(bed: Bed) -> str:
+    """/bin/sdhelper in the shared rootfs: tests/helpers/sdhelper.c, built static (sends
+    sd_notify datagrams from inside a container); its path in the container."""
+    target = shared_rootfs(bed) / "bin/sdhelper"
+    if not target.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            missing("a C compiler (cc) for tests/helpers/sdhelper.c")
+        built = subprocess.run([str(cc), "-static", "-O2", "-o", str(target) + ".tmp",
+                                str(HELPER_SOURCE)], capture_output=True, check=False)
+        if built.returncode != 0:
+            missing(f"static build of sdhelper.c: {built.stderr.decode()[-300:]}")
+        Path(str(target) + ".tmp").rename(target)
+    return "/bin/sdhelper"
 
 
 def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
