@@ -71,8 +71,8 @@ class NotifyFilter:
         pairs: list[tuple[str, str | None]] = []
         for line in text.split("\n"):
             if line:
-                key, eq, value = line.partition("=")
-                pairs.append((key, value if eq else None))
+                key, eq, rest = line.partition("=")
+                pairs.append((key, rest if eq else None))
         keys = {key for key, _ in pairs}
         if keys & set(FD_KEYS) or (fds and keys != {BARRIER}):
             self._refuse(verdict, "fds", "a notification with file descriptors or for "
