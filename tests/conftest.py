@@ -176,6 +176,48 @@ def sdhelper(bed: Bed) -> str:
     return "/bin/sdhelper"
 
 
+TEMPLATE_UNIT = "/etc/systemd/system/sdshim@.service"
+
+
+@pytest.fixture
+def template_unit(bed: Bed) -> Iterator[Any]:
+    """systemd/sdshim@.service installed in the bed, its monitor this checkout's (the
+    package tests cover the installed one). Yields instance(name, bundle, options="",
+    dropin="") -> "sdshim@NAME.service", with a drop-in for that bundle, SDSHIM_OPTIONS
+    and any more [Service] lines; the test starts it. Every instance is stopped and its
+    records removed after the test."""
+    from sdshim.units.spec import monitor_command
+
+    text = (REPO / "systemd/sdshim@.service").read_text()
+    text = text.replace("/usr/bin/python3 -I -m sdshim.shim", " ".join(monitor_command()))
+    assert " ".join(monitor_command()) in text
+    unit_file = bed.path(TEMPLATE_UNIT)
+    unit_file.write_text(text)
+    started: list[tuple[str, Path]] = []
+
+    def instance(name: str, bundle: Path, options: str = "", dropin: str = "") -> str:
+        unit = f"sdshim@{name}.service"
+        conf = bed.path(f"/etc/systemd/system/{unit}.d/test.conf")
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f"[Service]\nEnvironment=SDSHIM_BUNDLE={bundle}\n"
+                        f"Environment=\"SDSHIM_OPTIONS={options}\"\n{dropin}")
+        started.append((unit, conf.parent))
+        bed.run(["systemctl", "daemon-reload"])
+        return unit
+
+    try:
+        yield instance
+    finally:
+        for unit, dropins in started:
+            bed.run(["systemctl", "stop", unit])
+            bed.run(["systemctl", "reset-failed", unit])
+            shutil.rmtree(dropins, ignore_errors=True)
+            shutil.rmtree(bed.path(f"/run/sdshim/{unit[len('sdshim@'):-len('.service')]}"),
+                          ignore_errors=True)
+        unit_file.unlink()
+        bed.run(["systemctl", "daemon-reload"])
+
+
 def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
     """A bundle whose rootfs has /foreign: an aarch64 ELF header, ENOEXEC on x86_64."""
     bundle = make_bundle(*args)

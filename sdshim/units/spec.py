@@ -138,6 +138,10 @@ class ContainerSpec:
             argv += ["--log-size-max", str(self.log_size_max)]
         if self.sdnotify != "monitor":
             argv += ["--sdnotify", self.sdnotify]
+            # `sdshim start` of a created container waits as long as systemd would.
+            usec = next((v for n, _sig, v in self.properties if n == "TimeoutStartUSec"), 0)
+            if usec:
+                argv += ["--ready-timeout", str(usec / USEC)]
         if self.health is not None:
             argv += self.health.monitor_args()
         return argv + stdio_flags(self.interactive, self.tty)
