@@ -101,12 +101,17 @@ class Probe:
         """The runtime's own error, for a probe that failed without output."""
         return self.rt.last_error()
 
-    def kill_step(self) -> float:
+    def kill_step(self, at_once: bool = False) -> float:
         """One step of killing a probe past its timeout; seconds until the next step,
-        or 0 when there is none left."""
+        or 0 when there is none left. at_once: all of it now (the monitor is ending)."""
         self.timed_out = True
         self.kill_stage += 1
         leader = self._leader()
+        if at_once:
+            if leader:
+                _kill(-leader)
+            _kill(self.pid)
+            return 0.0
         if self.kill_stage == 1:
             if leader:
                 for pid in _group_members(leader):

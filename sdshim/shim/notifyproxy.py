@@ -118,3 +118,53 @@ def same_pid_namespace(pid: int, other: int) -> bool | None:
             posix.readlink(f"/proc/{other}/ns/pid")
     except OSError:
         return None
+
+
+class NotifyPart:
+    """The proxy as a part of the monitor's shell: serves the socket on the loop,
+    forwards what passes, writes the refusals to the journal, and hands READY=1 to the
+    lifecycle (on_ready) instead of forwarding it: the lifecycle says when the unit is
+    ready (not before the start is confirmed), and answers `sdshim start` then."""
+
+    def __init__(self, proxy: NotifyProxy, *, forward: Callable[[bytes], None],
+                 event: Callable[[str], None], on_ready: Callable[[], None],
+                 status_text: Callable[[], str],
+                 in_container: Callable[[int], bool]) -> None:
+        self.proxy = proxy
+        self.forward = forward
+        self.event = event
+        self.on_ready = on_ready
+        self.status_text = status_text  # the unit's status text, with the container's
+        self.in_container = in_container
+        self.container_status = ""  # the container's own STATUS=, as it sent it
+        # Parts that follow what the container says (reload waits for RELOADING=1,
+        # then READY=1): each gets the fields of every datagram that passed.
+        self.hooks: list[Callable[[dict[str, str]], None]] = []
+
+    def on_readable(self, _fileobj: object) -> None:
+        from sdshim.shim.notifyfilter import encode
+
+        for _ in range(64):  # a container that floods the socket must not starve the loop
+            verdict = self.proxy.receive(self.in_container)
+            if verdict is None:
+                return
+            for line in verdict.journal:
+                self.event(line)
+            fields = []
+            ready = False
+            for key, value in verdict.fields:
+                if key == "READY":
+                    ready = True
+                    continue
+                if key == "STATUS":
+                    self.container_status = value
+                    value = self.status_text()
+                fields.append((key, value))
+            if fields:
+                self.forward(encode(fields))
+            if ready:
+                self.on_ready()
+            if verdict.fields:
+                passed = dict(verdict.fields)
+                for hook in self.hooks:
+                    hook(passed)
