@@ -125,7 +125,8 @@ def test_a_running_monitor_holds_only_the_lean_path(bed: Bed, name: str,
 
 # What --sdnotify container and --health-cmd load, at start-up and only when asked for.
 FEATURE_ALLOWED = {"sdshim.shim.amendments", "sdshim.shim.notifyproxy",
-                   "sdshim.shim.notifyfilter", "sdshim.shim.health", "sdshim.shim.healthprobe"}
+                   "sdshim.shim.notifyfilter", "sdshim.shim.health", "sdshim.shim.healthprobe",
+                   "sdshim.shim.healthchecks"}
 
 
 def test_notify_and_health_load_at_start_up_and_never_later(bed: Bed, name: str,

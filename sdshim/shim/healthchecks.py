@@ -11,18 +11,25 @@ through the reaper, and a probe past its timeout is killed step by step on timer
 from __future__ import annotations
 
 from sdshim import leanos, rundir, spawn
+from sdshim.privapi import signal_module
+from sdshim.shim import health, runtime
 from sdshim.shim.health import HEALTHY, Health
 from sdshim.shim.healthprobe import Probe
+from sdshim.shim.lifecycle import Ready, Request, Signal
 from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
+    import signal as _signal  # typeshed has no _signal: the same names, typed
     from collections.abc import Callable
 
     from sdshim.shim.health import Change, HealthConfig
+    from sdshim.shim.monitor import Shell
     from sdshim.shim.poller import Poller
     from sdshim.shim.reaper import ChildReaper
     from sdshim.shim.runtime import Runtime
+else:
+    _signal = signal_module()
 
 DUE_TIMER = "health-due"
 PROBE_TIMER = "health-probe"
@@ -148,3 +155,35 @@ class HealthChecks:
 
     def is_healthy(self) -> bool:
         return self.status == HEALTHY
+
+
+def attach(shell: Shell) -> HealthChecks:
+    """Health checks for the container of shell (sdshim.shim.monitor): probes through
+    its runtime (their own error log), verdicts into its journal, status text and
+    lifecycle (--sdnotify healthy: Ready; --health-on-failure: kill, stop, restart)."""
+    o = shell.opts
+    config = health.HealthConfig(
+        health.probe_command(o.health_cmd), o.health_interval, o.health_timeout,
+        o.health_retries, o.health_start_period, o.health_on_failure)
+
+    def changed(change: Change, summary: str) -> None:
+        # One journal entry per change of health, never one per probe.
+        shell.event(f"{shell.life.what} is {change.new} (health check {summary})",
+                    SDSHIM_EVENT="health", SDSHIM_HEALTH=change.new)
+        if shell.life.state in ("running", "stopping"):
+            shell.notifier.send(STATUS=shell.status_text())
+        if change.new == HEALTHY and o.sdnotify == "healthy":
+            shell.feed(Ready())
+        if change.action == "kill":
+            shell.feed(Signal(_signal.SIGKILL))
+        elif change.action == "stop":
+            shell.feed(Request("stop"))  # as `sdshim stop`: final, not restarted
+        elif change.action == "restart":
+            shell.health_restart = True  # the monitor's status makes systemd restart it
+            shell.feed(Signal(_signal.SIGTERM))
+
+    return HealthChecks(
+        config, rt=runtime.Runtime(shell.rt.path, shell.rt.root,
+                                   shell.path("health-runtime.log")),
+        cid=shell.id, directory=shell.dir, poller=shell.poller, reaper=shell.reaper,
+        on_change=changed, preexec=shell._join_container)

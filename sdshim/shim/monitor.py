@@ -36,10 +36,8 @@ from sdshim.shim.lifecycle import (
     Finish,
     Kill,
     Notify,
-    Ready,
     Reaped,
     Reply,
-    Request,
     RunRuntime,
     RuntimeDone,
     Signal,
@@ -66,7 +64,6 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from sdshim.shim.amendments import Amendments
-    from sdshim.shim.health import Change
     from sdshim.shim.healthchecks import HealthChecks
     from sdshim.shim.notifyproxy import NotifyPart
 
@@ -235,44 +232,13 @@ class Shell:
         """--sdnotify container, --health-cmd: their code is loaded here, at set-up,
         and only for the containers that ask for them."""
         if self.opts.sdnotify == "container":
-            from sdshim.shim.notifyproxy import NotifyPart, NotifyProxy
+            from sdshim.shim import notifyproxy
 
-            proxy = NotifyProxy(self.path("notify"))
-            proxy.amend(self.amend())
-            self.notify_part = NotifyPart(
-                proxy, forward=self.notifier.forward,
-                event=lambda line: self.event(f"{self.life.what}: {line}",
-                                              SDSHIM_EVENT="notify-refused"),
-                on_ready=lambda: self.feed(Ready()), status_text=self.status_text,
-                in_container=self._in_container)
-            self.poller.register(proxy, EVENT_READ, self.notify_part.on_readable)
+            self.notify_part = notifyproxy.attach(self)
         if self.opts.health_cmd:
-            from sdshim.shim import health
-            from sdshim.shim.healthchecks import HealthChecks
+            from sdshim.shim import healthchecks
 
-            o = self.opts
-            config = health.HealthConfig(
-                health.probe_command(o.health_cmd), o.health_interval, o.health_timeout,
-                o.health_retries, o.health_start_period, o.health_on_failure)
-            self.health = HealthChecks(
-                config, rt=runtime.Runtime(self.rt.path, self.rt.root,
-                                           self.path("health-runtime.log")),
-                cid=self.id, directory=self.dir, poller=self.poller, reaper=self.reaper,
-                on_change=self._health_changed, preexec=self._join_container)
-
-    def _in_container(self, pid: int) -> bool:
-        """Whether the sender of a notification is in the container."""
-        from sdshim.shim.notifyproxy import in_cgroup, same_pid_namespace
-
-        if self.cgroup_path:
-            inside = in_cgroup(pid, self.cgroup_path)
-        elif self.life.proc.pid:
-            inside = same_pid_namespace(pid, self.life.proc.pid)
-        else:
-            return False
-        # Gone already (a notify helper that exited at once): only the container can
-        # reach the socket (its host side is in the root-only records directory).
-        return inside is None or inside
+            self.health = healthchecks.attach(self)
 
     def status_text(self) -> str:
         """The unit's status text while the container runs: its own STATUS= if it sent
@@ -282,24 +248,6 @@ class Shell:
         if self.health is not None and self.health.status:
             text += f" ({self.health.status})"
         return text
-
-    def _health_changed(self, change: Change, summary: str) -> None:
-        """One journal entry per change of health, never one per probe."""
-        from sdshim.shim.health import HEALTHY
-
-        self.event(f"{self.life.what} is {change.new} (health check {summary})",
-                   SDSHIM_EVENT="health", SDSHIM_HEALTH=change.new)
-        if self.life.state in ("running", "stopping"):
-            self.notifier.send(STATUS=self.status_text())
-        if change.new == HEALTHY and self.opts.sdnotify == "healthy":
-            self.feed(Ready())
-        if change.action == "kill":
-            self.feed(Signal(_signal.SIGKILL))
-        elif change.action == "stop":
-            self.feed(Request("stop"))  # as `sdshim stop`: final, not restarted
-        elif change.action == "restart":
-            self.health_restart = True  # the monitor's status makes systemd restart it
-            self.feed(Signal(_signal.SIGTERM))
 
     def _delete_now(self, cid: str) -> None:
         """runc delete --force, waited for: only at set-up, before the loop runs."""

@@ -14,14 +14,17 @@ import _socket
 import posix
 
 from sdshim import leanos
+from sdshim.shim.lifecycle import Ready
 from sdshim.shim.listener import unix_socket
-from sdshim.shim.notifyfilter import MAX_DATAGRAM, NotifyFilter
+from sdshim.shim.notifyfilter import MAX_DATAGRAM, NotifyFilter, encode
+from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sdshim.shim.amendments import Amendments
+    from sdshim.shim.monitor import Shell
     from sdshim.shim.notifyfilter import Verdict
 
 CONTAINER_DIR = "/run/notify"  # where podman puts it too
@@ -142,8 +145,6 @@ class NotifyPart:
         self.hooks: list[Callable[[dict[str, str]], None]] = []
 
     def on_readable(self, _fileobj: object) -> None:
-        from sdshim.shim.notifyfilter import encode
-
         for _ in range(64):  # a container that floods the socket must not starve the loop
             verdict = self.proxy.receive(self.in_container)
             if verdict is None:
@@ -168,3 +169,30 @@ class NotifyPart:
                 passed = dict(verdict.fields)
                 for hook in self.hooks:
                     hook(passed)
+
+
+def attach(shell: Shell) -> NotifyPart:
+    """The proxy for the container of shell (sdshim.shim.monitor): the socket in its
+    records directory, the container's config amended, the socket in the loop."""
+    proxy = NotifyProxy(shell.path("notify"))
+    proxy.amend(shell.amend())
+
+    def in_container(pid: int) -> bool:
+        if shell.cgroup_path:
+            inside = in_cgroup(pid, shell.cgroup_path)
+        elif shell.life.proc.pid:
+            inside = same_pid_namespace(pid, shell.life.proc.pid)
+        else:
+            return False
+        # Gone already (a notify helper that exited at once): only the container can
+        # reach the socket (its host side is in the root-only records directory).
+        return inside is None or inside
+
+    part = NotifyPart(
+        proxy, forward=shell.notifier.forward,
+        event=lambda line: shell.event(f"{shell.life.what}: {line}",
+                                       SDSHIM_EVENT="notify-refused"),
+        on_ready=lambda: shell.feed(Ready()), status_text=shell.status_text,
+        in_container=in_container)
+    shell.poller.register(proxy, EVENT_READ, part.on_readable)
+    return part
