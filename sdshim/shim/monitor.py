@@ -193,7 +193,8 @@ class Shell:
         # Stream-driver lines are found by the unit invocations that wrote them.
         self.invocations = [*(previous or {}).get("invocation_ids", []),
                             *filter(None, [leanos.getenv("INVOCATION_ID")])]
-        for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
+        for stale in ("exit.json", "state.json", "runtime.log", "pid", "control",
+                      "health.json"):
             try:
                 posix.unlink(self.path(stale))
             except FileNotFoundError:
