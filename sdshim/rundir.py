@@ -7,6 +7,10 @@
   control      the monitor's control socket (start, kill, stop)
   attach       the attach socket (output, stdin, terminal size; sdshim.framing)
   console      the runtime's console socket, while it hands over the pty (-t)
+  notify/      the container's notify socket, notify.sock (--sdnotify container),
+               bind-mounted at /run/notify in the container
+  health.json  health checks (--health-cmd): status, failing streak, last results;
+               health.pid and health-runtime.log are the running probe's
   exec-ID/     the same files for one `sdshim exec` process, written by its monitor
 
 Paths here are strings: the monitor imports this module, and pathlib (with re, fnmatch,

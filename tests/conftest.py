@@ -138,16 +138,84 @@ def make_bundle(bed: Bed) -> Any:
 
     def make(*args: str, **kw: Any) -> Path:
         target = base / secrets.token_hex(4)
-        rootfs = base / "rootfs"
-        if not rootfs.exists():
-            bundles.make_busybox(base / "template", ["true"])
-            (base / "template/rootfs").rename(rootfs)
         target.mkdir(parents=True)
-        (target / "rootfs").symlink_to(rootfs)
+        (target / "rootfs").symlink_to(shared_rootfs(bed))
         bundles.write_config(target, args, **kw)
         return target
 
     return make
+
+
+def shared_rootfs(bed: Bed) -> Path:
+    """The busybox rootfs every make_bundle bundle links to (made once per session)."""
+    base = bed.scratch / "bundles"
+    rootfs = base / "rootfs"
+    if not rootfs.exists():
+        bundles.make_busybox(base / "template", ["true"])
+        (base / "template/rootfs").rename(rootfs)
+    return rootfs
+
+
+HELPER_SOURCE = REPO / "tests/helpers/sdhelper.c"
+
+
+@pytest.fixture
+def sdhelper(bed: Bed) -> str:
+    """/bin/sdhelper in the shared rootfs: tests/helpers/sdhelper.c, built static (sends
+    sd_notify datagrams from inside a container); its path in the container."""
+    target = shared_rootfs(bed) / "bin/sdhelper"
+    if not target.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            missing("a C compiler (cc) for tests/helpers/sdhelper.c")
+        built = subprocess.run([str(cc), "-static", "-O2", "-o", str(target) + ".tmp",
+                                str(HELPER_SOURCE)], capture_output=True, check=False)
+        if built.returncode != 0:
+            missing(f"static build of sdhelper.c: {built.stderr.decode()[-300:]}")
+        Path(str(target) + ".tmp").rename(target)
+    return "/bin/sdhelper"
+
+
+TEMPLATE_UNIT = "/etc/systemd/system/sdshim@.service"
+
+
+@pytest.fixture
+def template_unit(bed: Bed) -> Iterator[Any]:
+    """systemd/sdshim@.service installed in the bed, its monitor this checkout's (the
+    package tests cover the installed one). Yields instance(name, bundle, options="",
+    dropin="") -> "sdshim@NAME.service", with a drop-in for that bundle, SDSHIM_OPTIONS
+    and any more [Service] lines; the test starts it. Every instance is stopped and its
+    records removed after the test."""
+    from sdshim.units.spec import monitor_command
+
+    text = (REPO / "systemd/sdshim@.service").read_text()
+    text = text.replace("/usr/bin/python3 -I -m sdshim.shim", " ".join(monitor_command()))
+    assert " ".join(monitor_command()) in text
+    unit_file = bed.path(TEMPLATE_UNIT)
+    unit_file.write_text(text)
+    started: list[tuple[str, Path]] = []
+
+    def instance(name: str, bundle: Path, options: str = "", dropin: str = "") -> str:
+        unit = f"sdshim@{name}.service"
+        conf = bed.path(f"/etc/systemd/system/{unit}.d/test.conf")
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f"[Service]\nEnvironment=SDSHIM_BUNDLE={bundle}\n"
+                        f"Environment=\"SDSHIM_OPTIONS={options}\"\n{dropin}")
+        started.append((unit, conf.parent))
+        bed.run(["systemctl", "daemon-reload"])
+        return unit
+
+    try:
+        yield instance
+    finally:
+        for unit, dropins in started:
+            bed.run(["systemctl", "stop", unit])
+            bed.run(["systemctl", "reset-failed", unit])
+            shutil.rmtree(dropins, ignore_errors=True)
+            shutil.rmtree(bed.path(f"/run/sdshim/{unit[len('sdshim@'):-len('.service')]}"),
+                          ignore_errors=True)
+        unit_file.unlink()
+        bed.run(["systemctl", "daemon-reload"])
 
 
 def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:

@@ -123,6 +123,50 @@ def test_a_running_monitor_holds_only_the_lean_path(bed: Bed, name: str,
                        "where they are used, or drop them")
 
 
+# What --sdnotify container and --health-cmd load, at start-up and only when asked for.
+FEATURE_ALLOWED = {"sdshim.shim.amendments", "sdshim.shim.notifyproxy",
+                   "sdshim.shim.notifyfilter", "sdshim.shim.health", "sdshim.shim.healthprobe",
+                   "sdshim.shim.healthchecks"}
+
+
+def test_notify_and_health_load_at_start_up_and_never_later(bed: Bed, name: str,
+                                                            make_bundle: Any,
+                                                            sdhelper: str) -> None:
+    """A monitor with a notify proxy and health checks: its imports are done when the
+    container is ready, and serving datagrams (refused ones too), probes and a change
+    of health adds none."""
+    script = (f"{sdhelper} notify READY=1; while :; do {sdhelper} notify STATUS=tick "
+              "MAINPID=1; sleep 0.1; done")
+    bundle = make_bundle("sh", "-c", script)
+    unit = f"sdshim-{name}.service"
+    log = bed.scratch / f"{name}.importtime"
+    command = monitor_command()
+    runc = shutil.which("runc")
+    assert runc is not None
+    out = bed.run(["systemd-run", "--unit", unit, "-p", "Type=notify", "-p", "Delegate=yes",
+                   "-p", f"StandardError=file:{log}", "--", command[0], "-X", "importtime",
+                   *command[1:], "--start", "--name", name, "--id", secrets.token_hex(32),
+                   "--bundle", str(bundle), "--runtime", runc, "--unit", unit,
+                   "--sdnotify", "container", "--health-cmd", "true",
+                   "--health-interval", "0.2"])
+    try:
+        assert out.returncode == 0, out.stderr.decode()
+        at_ready = IMPORT_LINE.findall(log.read_text())
+        health = bed.path(f"/run/sdshim/{name}/health.json")
+        deadline = time.monotonic() + 60
+        while len(json.loads(health.read_text() or "{}").get("log", [])) < 5:
+            assert time.monotonic() < deadline, "no health checks ran"
+            time.sleep(0.1)
+        assert bed.show(unit, "StatusText")["StatusText"] == "tick (healthy)"
+        later = IMPORT_LINE.findall(log.read_text())
+    finally:
+        bed.run(["systemctl", "stop", unit])
+    assert later == at_ready, f"imported while running: {later[len(at_ready):]}"
+    assert FEATURE_ALLOWED - {"sdshim.shim.amendments"} <= set(at_ready)
+    extra = [n for n in unexpected(at_ready) if n not in FEATURE_ALLOWED]
+    assert not extra, f"notify and health checks import {extra}"
+
+
 def smaps(bed: Bed, pid: int) -> dict[str, int]:
     text = bed.read(f"/proc/{pid}/smaps_rollup")
     return {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", text, re.M)}

@@ -34,5 +34,6 @@ else:
 
     life = ContainerLifecycle(
         opts.name, start=opts.start, run_detached=places_processes(opts.runtime),
-        restart=opts.restart, stop_signal=opts.stop_signal, stop_timeout=opts.stop_timeout)
+        restart=opts.restart, stop_signal=opts.stop_signal, stop_timeout=opts.stop_timeout,
+        ready_by_monitor=opts.sdnotify == "monitor", ready_timeout=opts.ready_timeout)
 sys.exit(monitor.main(opts, life))

@@ -19,10 +19,12 @@ from sdshim.shim import runtime
 from sdshim.shim.lifecycle import (
     EXEC_CHECK_TIMER,
     EXEC_FAILURE_DRAIN,
+    READY_TIMER,
     SIGTERM,
     STOP_SIGNALS,
     STOP_TIMER,
     Action,
+    Arm,
     Cancel,
     CheckExec,
     Drain,
@@ -31,6 +33,7 @@ from sdshim.shim.lifecycle import (
     ExecChecked,
     Finish,
     Notify,
+    Ready,
     Reaped,
     Refused,
     Reply,
@@ -41,6 +44,7 @@ from sdshim.shim.lifecycle import (
     Supervision,
     TimerFired,
     WriteState,
+    describe,
     exit_result,
     failure,
     refuse,
@@ -61,9 +65,13 @@ EXITED = "exited"  # recorded (Finish returned); nothing more happens
 
 class ContainerLifecycle:
     def __init__(self, name: str, *, start: bool, run_detached: bool, restart: str,
-                 stop_signal: int, stop_timeout: float) -> None:
+                 stop_signal: int, stop_timeout: float, ready_by_monitor: bool = True,
+                 ready_timeout: float = 90.0) -> None:
         """start: --start (create, then start at once); run_detached: do both with one
-        `run --detach` (a runtime that places the process in its cgroup itself)."""
+        `run --detach` (a runtime that places the process in its cgroup itself).
+        ready_by_monitor: READY=1 once the command runs (--sdnotify monitor); else
+        once a Ready event comes (container, healthy), and a start request is answered
+        then, or refused after ready_timeout seconds (the unit's TimeoutStartSec)."""
         self.name = name
         self.what = f"Container {name}"
         self.state = "new"
@@ -77,6 +85,10 @@ class ContainerLifecycle:
         self.busy = ""  # the runtime verb under way, if any
         self.start_ident = 0  # the start request to answer once running (0: none)
         self.draining = False  # waiting for the output before deciding how it ended
+        self.ready_by_monitor = ready_by_monitor
+        self.ready_timeout = ready_timeout
+        self.app_ready = False  # the started container is ready (and systemd was told)
+        self.ready_pending = False  # it said so before its start was confirmed
 
     # --- entry points ----------------------------------------------------------------
 
@@ -98,6 +110,8 @@ class ContainerLifecycle:
             return self._drained(event.last_stderr)
         if isinstance(event, Signal):
             return self._signal(event.signum)
+        if isinstance(event, Ready):
+            return self._ready()
         if isinstance(event, Request):
             try:
                 return self._request(event)
@@ -169,18 +183,41 @@ class ContainerLifecycle:
 
     def _running(self) -> list[Action]:
         self.state = RUNNING
+        ready = not self.ready_sent if self.ready_by_monitor else self.ready_pending
         actions: list[Action] = [
             WriteState({"status": RUNNING}, stamp=("started_at",)),
-            Notify(**({} if self.ready_sent else {"READY": 1}),
+            Notify(**({"READY": 1} if ready else {}),
                    STATUS=f"{self.what} running, pid {self.proc.pid}")]
-        self.ready_sent = True
+        if self.ready_by_monitor or ready:
+            self.ready_sent = self.app_ready = True
         if self.start_ident:
-            actions.append(Reply(self.start_ident, {"ok": True, "error": "",
-                                                    "pid": self.proc.pid}))
-            self.start_ident = 0
+            if self.app_ready:
+                actions.append(Reply(self.start_ident, {"ok": True, "error": "",
+                                                        "pid": self.proc.pid}))
+                self.start_ident = 0
+            else:
+                actions.append(Arm(READY_TIMER, self.ready_timeout))
         actions += self.proc.after_known()
         if self.proc.stop_requested:
             self.state = STOPPING
+        return actions
+
+    def _ready(self) -> list[Action]:
+        """The container says it is ready (again, after RELOADING=1: passed on too)."""
+        if self.ready_by_monitor:
+            return []
+        if self.state in (CREATING, STARTING):
+            self.ready_pending = True  # told once the start is confirmed
+            return []
+        if self.state not in (RUNNING, STOPPING):
+            return []
+        self.ready_sent = self.app_ready = True
+        actions: list[Action] = [Notify(READY=1)]
+        if self.start_ident:
+            actions += [Cancel(READY_TIMER),
+                        Reply(self.start_ident, {"ok": True, "error": "",
+                                                 "pid": self.proc.pid})]
+            self.start_ident = 0
         return actions
 
     def _ended(self) -> list[Action]:
@@ -208,13 +245,18 @@ class ContainerLifecycle:
         result: dict[str, Any] = exit_result(self.proc.status)
         result.update(self.proc.stop_fields())
         code = int(result["exit_code"])
-        # It ran, however briefly: the unit was started (the exit is the record's).
-        ready: list[Action] = [] if self.ready_sent else [Notify(READY=1)]
+        # It ran, however briefly: the unit was started (the exit is the record's);
+        # unless it had to say it was ready and did not: then the start fails.
+        ready: list[Action] = [] if self.ready_sent or not self.ready_by_monitor \
+            else [Notify(READY=1)]
         self.ready_sent = True
         if self.restart != "no" and self.final:
             code = EXIT_NO_RESTART
-        return ready + self._finish(result, code, {"ok": True, "error": "",
-                                                   "pid": self.proc.pid})
+        reply: dict[str, Any] = {"ok": True, "error": "", "pid": self.proc.pid}
+        if not self.app_ready and not self.ready_by_monitor:
+            reply = {"ok": False, "pid": self.proc.pid,
+                     "error": f"{describe(result, self.what)} before it was ready"}
+        return ready + self._finish(result, code, reply)
 
     def _fail(self, message: str) -> list[Action]:
         result, code = failure(message, self.restart)
@@ -224,7 +266,8 @@ class ContainerLifecycle:
     def _finish(self, result: dict[str, Any], code: int,
                 reply: dict[str, Any]) -> list[Action]:
         self.state = EXITED
-        actions: list[Action] = [Cancel(STOP_TIMER), Cancel(EXEC_CHECK_TIMER)]
+        actions: list[Action] = [Cancel(STOP_TIMER), Cancel(EXEC_CHECK_TIMER),
+                                 Cancel(READY_TIMER)]
         if self.start_ident:
             actions.append(Reply(self.start_ident, reply))
             self.start_ident = 0
@@ -237,6 +280,14 @@ class ContainerLifecycle:
             return self.proc.escalate()
         if name == EXEC_CHECK_TIMER and self.state == STARTING and not self.busy:
             return [CheckExec()]
+        if name == READY_TIMER and self.start_ident and not self.app_ready and \
+                self.state in (RUNNING, STOPPING):
+            reply = Reply(self.start_ident, {
+                "ok": False, "pid": self.proc.pid,
+                "error": f"{self.what} did not get ready within {self.ready_timeout:g}s "
+                         "(TimeoutStartSec); it is being stopped"})
+            self.start_ident = 0
+            return [reply, *self._stop(0, None)]
         return []
 
     def _signal(self, signum: int) -> list[Action]:

@@ -31,6 +31,7 @@ STOP_TIMER = "stop-escalation"  # a stop's SIGKILL
 EXEC_CHECK_TIMER = "exec-check"  # look again whether the command has been exec'd
 START_WAIT_TIMER = "start-wait"  # an exec created without --start waits for its client
 TIMEOUT_TIMER = "exec-timeout"  # sdshim exec --timeout
+READY_TIMER = "ready-wait"  # `sdshim start` waits for --sdnotify container|healthy
 
 # After start, how long to look for the runtime's init becoming the command (an execve
 # failure comes after `runc start` returned), at growing intervals: first at once.
@@ -112,6 +113,13 @@ class ExecChecked(Event):
 
     def __init__(self, confirmed: bool) -> None:
         self.confirmed = confirmed
+
+
+class Ready(Event):
+    """The container is ready: its own READY=1 (--sdnotify container, through the
+    notify proxy), or its first passing health check (--sdnotify healthy)."""
+
+    __slots__ = ()
 
 
 class Drained(Event):

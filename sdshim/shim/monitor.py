@@ -63,6 +63,10 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
     from typing import Any, Protocol
 
+    from sdshim.shim.amendments import Amendments
+    from sdshim.shim.healthchecks import HealthChecks
+    from sdshim.shim.notifyproxy import NotifyPart
+
     class Lifecycle(Protocol):
         name: str
         what: str
@@ -133,6 +137,13 @@ class Shell:
         self.exit_code = EXIT_RUNTIME
         self.lost_parts: set[str] = set()
         self.terminal_pending: RuntimeDone | None = None
+        # What features add to the container's config (environment, mounts), through
+        # amend(), at set-up; None (and not even imported) for containers without any.
+        self.amendments: Amendments | None = None
+        self.notify_part: NotifyPart | None = None  # --sdnotify container
+        self.health: HealthChecks | None = None  # --health-cmd
+        self.health_restart = False  # unhealthy with --health-on-failure restart
+        self.running_status = ""  # the lifecycle's status text while it runs
         # What ties sdshim's own journal entries (not the output) to this container.
         self.event_ids = ({"SDSHIM_EXEC_ID": self.exec_id, "SDSHIM_CONTAINER_NAME": self.name}
                           if self.exec_id else
@@ -142,6 +153,14 @@ class Shell:
     def path(self, name: str) -> str:
         """A file in the records directory."""
         return leanos.join(self.dir, name)
+
+    def amend(self) -> Amendments:
+        """The amendments to the container's config; for features, at set-up only."""
+        if self.amendments is None:
+            from sdshim.shim.amendments import Amendments
+
+            self.amendments = Amendments()
+        return self.amendments
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -174,7 +193,8 @@ class Shell:
         # Stream-driver lines are found by the unit invocations that wrote them.
         self.invocations = [*(previous or {}).get("invocation_ids", []),
                             *filter(None, [leanos.getenv("INVOCATION_ID")])]
-        for stale in ("exit.json", "state.json", "runtime.log", "pid", "control"):
+        for stale in ("exit.json", "state.json", "runtime.log", "pid", "control",
+                      "health.json"):
             try:
                 posix.unlink(self.path(stale))
             except FileNotFoundError:
@@ -202,11 +222,33 @@ class Shell:
                                      self.feed, self.lost)
         self.stdio.listen()
         if not self.exec_id:
+            self._setup_features()
             # Runtime state left by a predecessor in this unit that died (a restart):
             # the runtime would refuse the same id again, and another id would leak it.
             for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
                 if leanos.exists(leanos.join(self.rt.root, cid)):
                     self._delete_now(cid)
+
+    def _setup_features(self) -> None:
+        """--sdnotify container, --health-cmd: their code is loaded here, at set-up,
+        and only for the containers that ask for them."""
+        if self.opts.sdnotify == "container":
+            from sdshim.shim import notifyproxy
+
+            self.notify_part = notifyproxy.attach(self)
+        if self.opts.health_cmd:
+            from sdshim.shim import healthchecks
+
+            self.health = healthchecks.attach(self)
+
+    def status_text(self) -> str:
+        """The unit's status text while the container runs: its own STATUS= if it sent
+        one, else the lifecycle's; and its health."""
+        own = self.notify_part.container_status if self.notify_part is not None else ""
+        text = own or self.running_status or f"{self.life.what} running"
+        if self.health is not None and self.health.status:
+            text += f" ({self.health.status})"
+        return text
 
     def _delete_now(self, cid: str) -> None:
         """runc delete --force, waited for: only at set-up, before the loop runs."""
@@ -264,8 +306,18 @@ class Shell:
             for key in action.stamp:
                 changes[key] = rundir.now_iso()
             self.write_state(changes)
+            if self.health is not None and changes.get("status") in ("running", "exiting"):
+                if changes["status"] == "running":
+                    self.health.begin()
+                else:
+                    self.health.end()
         elif isinstance(action, Notify):
-            self.notifier.send(**action.fields)
+            fields = action.fields
+            if "STATUS" in fields and self.life.state == "running":
+                self.running_status = str(fields["STATUS"])
+                if self.notify_part is not None or self.health is not None:
+                    fields = {**fields, "STATUS": self.status_text()}
+            self.notifier.send(**fields)
         elif isinstance(action, Kill):
             pid = self.life.proc.pid
             if pid:
@@ -391,7 +443,7 @@ class Shell:
         config = self.path("bundle")
         try:
             runtime.write_config(bundle, config, self.cgroup_path, self.oom_score_adj,
-                                 terminal=self.opts.tty)
+                                 terminal=self.opts.tty, amendments=self.amendments)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read {leanos.join(bundle, 'config.json')}: {e}") from e
         return config
@@ -404,7 +456,7 @@ class Shell:
             "monitor_pid": posix.getpid(), "created_at": rundir.now_iso(),
             "started_at": None, "log_driver": self.log_driver,
             "invocation_ids": self.invocations, "tty": self.opts.tty,
-            "stdin": self.opts.interactive})
+            "stdin": self.opts.interactive, "sdnotify": self.opts.sdnotify})
 
     def write_exec_record(self) -> None:
         self.write_state({
@@ -520,6 +572,12 @@ class Shell:
         if not result.get("error"):
             # Before the delete: the runtime's delete removes the cgroup with the count.
             result["oom_killed"] = bool(oom.kills(self.cgroup_path))
+        if self.health is not None:
+            self.health.end()
+            if self.health.status:
+                result["health"] = self.health.status
+            if self.health_restart and action.code == 0:
+                action.code = 1  # whatever the container's status: systemd restarts it
 
         def drain() -> None:
             self.streams.drain(DRAIN_TIMEOUT, lambda: self._record(action, result))
@@ -567,6 +625,9 @@ class Shell:
                    SDSHIM_EXIT_CODE=str(action.code))
         if self.control is not None:
             self.control.close()
+        if self.notify_part is not None:
+            self.poller.unregister(self.notify_part.proxy)
+            self.notify_part.proxy.close()
         self.stdio.close()
         self.exit_code = action.code
         self.poller.stop()
@@ -672,6 +733,15 @@ def parse_args(argv: list[str]) -> SimpleNamespace:
             say(f"{options.PROG}: error: --{option.replace('_', '-')} must be a number of "
                 f"seconds, 0 or more, not {value}")
             raise SystemExit(options.USAGE_EXIT)
+    if opts.health_cmd:
+        from sdshim.shim import health
+
+        try:
+            health.HealthConfig(health.probe_command(opts.health_cmd), opts.health_interval,
+                                opts.health_timeout, opts.health_retries,
+                                opts.health_start_period, opts.health_on_failure)
+        except ValueError as e:
+            options.fail(f"invalid health check: {e}")
     if not opts.id:  # a template unit (sdshim@.service) has no manager to pick one
         from sdshim.naming import generate_id
 

@@ -22,10 +22,13 @@ class Notifier:
             self.sock = unix_socket(_socket.SOCK_DGRAM)
 
     def send(self, **fields: str | int) -> None:
-        if self.sock is None:
-            return
         lines = [f"{k}={_one_line(str(v))}" for k, v in fields.items()]
-        msg = "\n".join(lines).encode()[:MAX_NOTIFY]
+        self.forward("\n".join(lines).encode()[:MAX_NOTIFY])
+
+    def forward(self, msg: bytes) -> None:
+        """One datagram as it is (the container's, checked by notifyfilter)."""
+        if self.sock is None or not msg:
+            return
         try:
             self.sock.sendto(msg, self.addr)
         except OSError:

@@ -44,6 +44,25 @@ def _log_driver(value: str) -> str:
     return value
 
 
+def _sdnotify(value: str) -> str:
+    if value not in ("monitor", "container", "healthy"):
+        raise ValueError(value)
+    return value
+
+
+def _duration(value: str) -> float:
+    # Imported here: only a monitor with health checks parses durations.
+    from sdshim.shim.health import parse_duration
+
+    return parse_duration(value)
+
+
+def _on_failure(value: str) -> str:
+    if value not in ("none", "kill", "stop", "restart"):
+        raise ValueError(value)
+    return value
+
+
 # option -> (converter, default). Converter _flag: takes no value. Default None: required.
 # A list default: the option may repeat. After `--`: the command (an exec's).
 OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
@@ -63,6 +82,16 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--log-size-max": (int, 0),  # rotate it at this size; 0: never
     "--interactive": (_flag, False),  # keep the container's stdin open (-i)
     "--tty": (_flag, False),  # give it a terminal (-t)
+    "--sdnotify": (_sdnotify, "monitor"),  # who sends READY=1: monitor, container, healthy
+    # Health checks (sdshim.shim.health); durations in seconds or as podman writes them.
+    "--health-cmd": (str, ""),  # default: $SDSHIM_HEALTH_CMD (one word in SDSHIM_OPTIONS)
+    "--health-interval": (_duration, 30.0),
+    "--health-timeout": (_duration, 30.0),
+    "--health-retries": (int, 3),
+    "--health-start-period": (_duration, 0.0),
+    "--health-on-failure": (_on_failure, "none"),
+    # How long `sdshim start` waits for --sdnotify container|healthy (TimeoutStartSec).
+    "--ready-timeout": (float, 90.0),
     # The monitor of an `sdshim exec` process (sdshim.shim.execprocess):
     "--exec-id": (str, ""),
     "--timeout": (float, 0.0),  # kill the process after this many seconds
@@ -82,7 +111,7 @@ def usage() -> str:
     return f"usage: {PROG} " + " ".join(parts) + " [-- COMMAND...]"
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
     print(f"{usage()}\n{PROG}: error: {message}", file=sys.stderr)
     raise SystemExit(USAGE_EXIT)
 
@@ -91,6 +120,9 @@ def parse(argv: list[str]) -> SimpleNamespace:
     """--opt VALUE, --opt=VALUE and flags; exits 2 with a message on bad input."""
     values: dict[str, object] = {opt: default for opt, (_, default) in OPTIONS.items()}
     values["--unit"] = leanos.getenv("SDSHIM_UNIT")
+    # systemd splits $SDSHIM_OPTIONS at whitespace, quotes or not: a template unit's
+    # health command with spaces comes in an environment variable of its own.
+    values["--health-cmd"] = leanos.getenv("SDSHIM_HEALTH_CMD")
     values["--command"] = []
     lists: dict[str, list[object]] = {opt: [] for opt, (_, default) in OPTIONS.items()
                                       if isinstance(default, list)}
@@ -105,24 +137,26 @@ def parse(argv: list[str]) -> SimpleNamespace:
             raise SystemExit(0)
         opt, eq, inline = arg.partition("=")
         if opt not in OPTIONS:
-            _fail(f"unrecognized argument {arg!r}")
+            fail(f"unrecognized argument {arg!r}")
         convert = OPTIONS[opt][0]
         if convert is _flag:
             if eq:
-                _fail(f"{opt} takes no value")
+                fail(f"{opt} takes no value")
             values[opt] = True
             continue
         raw = inline if eq else next(args, None)
         if raw is None:
-            _fail(f"{opt} needs a value")
+            fail(f"{opt} needs a value")
         try:
             if opt in lists:
                 lists[opt].append(convert(raw))
             else:
                 values[opt] = convert(raw)
         except ValueError:
-            _fail(f"invalid value for {opt}: {raw!r}")
+            fail(f"invalid value for {opt}: {raw!r}")
     missing = [opt for opt, value in values.items() if value is None]
     if missing:
-        _fail("the following arguments are required: " + ", ".join(missing))
+        fail("the following arguments are required: " + ", ".join(missing))
+    if values["--sdnotify"] == "healthy" and not values["--health-cmd"]:
+        fail("--sdnotify healthy needs --health-cmd (or $SDSHIM_HEALTH_CMD)")
     return SimpleNamespace(**{opt[2:].replace("-", "_"): v for opt, v in values.items()})

@@ -10,6 +10,8 @@ TYPE_CHECKING = False  # the monitor's start-up skips `typing` (see tests/test_f
 if TYPE_CHECKING:
     from typing import Any
 
+    from sdshim.shim.amendments import Amendments
+
 
 class Runtime:
     # A plain class: dataclasses imports inspect, which costs the monitor ~4 ms per start.
@@ -56,9 +58,11 @@ def places_processes(path: str) -> bool:
 
 
 def write_config(bundle: str, target: str, cgroups_path: str,
-                 oom_score_adj: int | None = None, terminal: bool = False) -> dict[str, Any]:
+                 oom_score_adj: int | None = None, terminal: bool = False,
+                 amendments: Amendments | None = None) -> dict[str, Any]:
     """Copy bundle/config.json to target/, rooted at bundle's rootfs, in our cgroup,
-    with a terminal (through the console socket) or stdio pipes as asked for.
+    with a terminal (through the console socket) or stdio pipes as asked for, and
+    what the monitor's features add (amendments: environment, mounts).
 
     oom_score_adj: the container's, unless the bundle sets one (the monitor lowers its
     own, and the container must not inherit that).
@@ -75,6 +79,8 @@ def write_config(bundle: str, target: str, cgroups_path: str,
     process["terminal"] = terminal  # -t, not the bundle's wish: it decides how we do stdio
     if oom_score_adj is not None:
         process.setdefault("oomScoreAdj", oom_score_adj)
+    if amendments is not None:
+        amendments.apply(config)
     try:
         posix.mkdir(target)
     except FileExistsError:

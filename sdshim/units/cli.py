@@ -23,7 +23,12 @@ from sdshim.errors import (
     UsageError,
 )
 from sdshim.signals import signal_number
-from sdshim.units.spec import DEFAULT_RESTART_DELAY, RESTART_POLICIES, seconds
+from sdshim.units.spec import (
+    DEFAULT_RESTART_DELAY,
+    RESTART_POLICIES,
+    SDNOTIFY_MODES,
+    seconds,
+)
 from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
 
 TYPE_CHECKING = False  # `typing` costs every command ~2 ms; only mypy needs it here
@@ -31,6 +36,9 @@ if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Coroutine, Sequence
     from typing import Any
+
+
+HEALTH_ACTIONS = ("none", "kill", "stop", "restart")  # as sdshim.shim.health.ON_FAILURE
 
 
 def parse_signal(value: str) -> int:
@@ -76,8 +84,30 @@ def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-rate-limit", default="", metavar="BURST/INTERVAL",
                    help="let journald drop lines beyond BURST per INTERVAL, e.g. "
                    "10000/30s (default: no limit)")
+    _readiness_options(p)
     _stdio_options(p)
     p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
+
+
+def _readiness_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sdnotify", choices=SDNOTIFY_MODES, default="monitor",
+                   help="who says the container is ready: monitor (default: once its "
+                   "command runs), container (it sends READY=1 to $NOTIFY_SOCKET), "
+                   "healthy (once the first health check passes)")
+    p.add_argument("--health-cmd", default=None, metavar="CMD",
+                   help="health check, run in the container: a shell command, or a JSON "
+                   "array (exec form)")
+    p.add_argument("--health-interval", default="", metavar="DURATION",
+                   help="time between health checks (default 30s; 1m30s, 500ms, seconds)")
+    p.add_argument("--health-timeout", default="", metavar="DURATION",
+                   help="kill a health check that runs longer (default 30s)")
+    p.add_argument("--health-retries", type=int, default=None, metavar="N",
+                   help="failures in a row that make the container unhealthy (default 3)")
+    p.add_argument("--health-start-period", default="", metavar="DURATION",
+                   help="failures this early, before the first success, do not count")
+    p.add_argument("--health-on-failure", choices=HEALTH_ACTIONS, default="",
+                   help="when unhealthy: none (default), kill, stop, or restart (with "
+                   "--restart on-failure|always: systemd restarts it)")
 
 
 def _stdio_options(p: argparse.ArgumentParser) -> None:
@@ -196,7 +226,28 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "log_path": args.log_path,
             "log_size_max": _bytes_option("--log-size-max", args.log_size_max),
             "log_rate_limit": args.log_rate_limit,
-            "interactive": args.interactive, "tty": args.tty}
+            "interactive": args.interactive, "tty": args.tty,
+            "sdnotify": args.sdnotify, "health": _health_options(args)}
+
+
+def _health_options(args: argparse.Namespace) -> Any:
+    """spec.HealthOptions from --health-*; None without --health-cmd (then the others
+    are refused: they would be ignored)."""
+    from sdshim.units.spec import HealthOptions
+
+    given = [opt for opt, value in (("--health-interval", args.health_interval),
+                                    ("--health-timeout", args.health_timeout),
+                                    ("--health-retries", args.health_retries),
+                                    ("--health-start-period", args.health_start_period),
+                                    ("--health-on-failure", args.health_on_failure))
+             if value not in ("", None)]
+    if args.health_cmd is None:
+        if given:
+            raise UsageError(f"{given[0]} needs --health-cmd CMD (the check to run)")
+        return None
+    return HealthOptions(args.health_cmd, args.health_interval, args.health_timeout,
+                         args.health_retries, args.health_start_period,
+                         args.health_on_failure)
 
 
 def _bytes_option(option: str, value: str) -> int:
@@ -432,10 +483,25 @@ def _print_status(s: dict[str, Any]) -> None:
             ("Restart", None if s.get("restart", "no") == "no" else
              f"{s['restart']} ({s.get('restarts', 0)} restarts so far)"),
             ("Started", s["started_at"]), ("Finished", s["finished_at"]),
+            ("Status", s.get("status_text")), ("Health", _health_text(s.get("health"))),
             ("Error", s["error"])]
     for key, value in rows:
         if value is not None:
             print(f"{key + ':':<11} {value}")
+
+
+def _health_text(health: dict[str, Any] | None) -> str | None:
+    if not health:
+        return None
+    text = str(health.get("status"))
+    if health.get("failing_streak"):
+        text += f" (failing streak {health['failing_streak']})"
+    last = (health.get("log") or [{}])[-1]
+    if last:
+        how = "timed out" if last.get("timed_out") else f"exit code {last.get('exit_code')}"
+        output = " ".join(str(last.get("output") or "").split())[-80:]
+        text += f"; last check {last.get('end')}: {how}" + (f": {output}" if output else "")
+    return text
 
 
 def _print_table(statuses: list[dict[str, Any]]) -> None:

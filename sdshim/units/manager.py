@@ -70,7 +70,8 @@ class Manager:
         (default: the bundle's annotation org.opencontainers.image.stopSignal, else
         SIGTERM), tag, log_max_line, log_driver, log_path, log_size_max,
         log_rate_limit, restart (no, on-failure, always), restart_delay, interactive
-        (keep stdin open), tty (give it a terminal) (see spec.ContainerSpec).
+        (keep stdin open), tty (give it a terminal), sdnotify (monitor, container,
+        healthy), health (spec.HealthOptions) (see spec.ContainerSpec).
         """
         spec = container_spec(bundle, name, runtime, start, options)
         await self.systemd.start_unit(unit_start(spec))
@@ -233,7 +234,9 @@ def _runtime_ids_by_bundle(runtime: str, root: Path, bundle: str) -> set[str]:
 
 async def start_monitored(directory: Path, what: str) -> None:
     """Ask the monitor whose records are in directory to start its process."""
-    reply = await control_request(directory, {"op": "start"}, what)
+    # No time limit of our own: with --sdnotify container|healthy the monitor answers
+    # once the container is ready, or after its --ready-timeout.
+    reply = await control_request(directory, {"op": "start"}, what, reply_timeout=None)
     if not reply.get("ok"):
         # The exit record has the message cleaned up and classified.
         exit_record = await wait_exit_record(directory, 2.0) or {}
@@ -251,8 +254,8 @@ async def wait_exit_record(directory: Path, timeout: float) -> dict[str, Any] | 
     return None
 
 
-async def control_request(directory: Path, request: dict[str, Any],
-                          what: str) -> dict[str, Any]:
+async def control_request(directory: Path, request: dict[str, Any], what: str,
+                          reply_timeout: float | None = CONTROL_TIMEOUT) -> dict[str, Any]:
     """One request to the monitor whose records are in directory, over its control socket
     (the protocol: sdshim.units.control)."""
     path = directory / "control"
@@ -264,7 +267,7 @@ async def control_request(directory: Path, request: dict[str, Any],
     try:
         writer.write(control.encode(request))
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), CONTROL_TIMEOUT)
+        line = await asyncio.wait_for(reader.readline(), reply_timeout)
     except OSError as e:  # TimeoutError too
         raise control.no_answer(what, e) from None
     finally:

@@ -37,6 +37,10 @@ DEFAULT_RESTART_DELAY = 1.0
 # The longest duration an option takes: about 31 years, far below what systemd's
 # microsecond fields (uint64) hold.
 MAX_SECONDS = 1e9
+# --sdnotify: who says the container is ready. monitor: the monitor, once the command
+# runs; container: the container itself (READY=1 through the monitor's notify proxy);
+# healthy: the monitor, once the first health check passes.
+SDNOTIFY_MODES = ("monitor", "container", "healthy")
 
 
 class ContainerSpec:
@@ -49,7 +53,8 @@ class ContainerSpec:
                  log_max_line: int = 0, log_driver: str = "native", log_path: str = "",
                  log_size_max: int = 0, log_rate_limit: str = "", restart: str = "no",
                  restart_delay: float = DEFAULT_RESTART_DELAY, interactive: bool = False,
-                 tty: bool = False, properties: list[Property] | None = None) -> None:
+                 tty: bool = False, properties: list[Property] | None = None,
+                 sdnotify: str = "monitor", health: HealthOptions | None = None) -> None:
         self.name = name
         self.id = id
         self.bundle = bundle
@@ -68,6 +73,8 @@ class ContainerSpec:
         self.interactive = interactive
         self.tty = tty
         self.properties = properties or []
+        self.sdnotify = sdnotify
+        self.health = health
         self._check()
 
     def _check(self) -> None:
@@ -96,6 +103,16 @@ class ContainerSpec:
         if self.tty and self.log_driver == "stream":
             raise UsageError("--log-driver stream does not go with -t: a terminal's output "
                              "passes through the monitor; drop one of them")
+        if self.sdnotify not in SDNOTIFY_MODES:
+            raise UsageError(f"invalid --sdnotify {self.sdnotify!r}: use monitor (ready once "
+                             "the command runs), container (the container sends READY=1) "
+                             "or healthy (ready once a health check passes)")
+        if self.sdnotify == "healthy" and self.health is None:
+            raise UsageError("--sdnotify healthy needs a health check: add --health-cmd CMD")
+        if self.health is not None and self.health.on_failure == "restart" and \
+                self.restart == "no":
+            raise UsageError("--health-on-failure restart needs --restart on-failure or "
+                             "always: systemd does the restarting")
 
     @property
     def unit(self) -> str:
@@ -119,6 +136,14 @@ class ContainerSpec:
             argv += ["--log-path", self.log_path]
         if self.log_size_max:
             argv += ["--log-size-max", str(self.log_size_max)]
+        if self.sdnotify != "monitor":
+            argv += ["--sdnotify", self.sdnotify]
+            # `sdshim start` of a created container waits as long as systemd would.
+            usec = next((v for n, _sig, v in self.properties if n == "TimeoutStartUSec"), 0)
+            if usec:
+                argv += ["--ready-timeout", str(usec / USEC)]
+        if self.health is not None:
+            argv += self.health.monitor_args()
         return argv + stdio_flags(self.interactive, self.tty)
 
     def unit_properties(self) -> list[Property]:
@@ -147,6 +172,46 @@ class ContainerSpec:
             # ... but do not retry one that cannot be created, or one stopped on request.
             ("RestartPreventExitStatus", "(aiai)", ([EXIT_NO_RESTART], [])),
         ]
+
+
+class HealthOptions:
+    """--health-*, checked: what the monitor gets (durations in seconds)."""
+
+    def __init__(self, cmd: str, interval: str = "", timeout: str = "", retries: int | None = None,
+                 start_period: str = "", on_failure: str = "") -> None:
+        from sdshim.shim import health
+
+        try:
+            health.probe_command(cmd)
+        except ValueError as e:
+            raise UsageError(f"invalid --health-cmd {cmd!r}: {e}; give a shell command or a "
+                             'JSON array like ["/bin/check", "--quick"]') from None
+        self.cmd = cmd
+
+        def seconds(option: str, value: str, default: float) -> float:
+            if not value:
+                return default
+            try:
+                return health.parse_duration(value)
+            except ValueError as e:
+                raise UsageError(f"invalid {option}: {e}") from None
+
+        self.interval = seconds("--health-interval", interval, health.DEFAULT_INTERVAL)
+        self.timeout = seconds("--health-timeout", timeout, health.DEFAULT_TIMEOUT)
+        self.start_period = seconds("--health-start-period", start_period, 0.0)
+        self.retries = health.DEFAULT_RETRIES if retries is None else retries
+        self.on_failure = on_failure or "none"
+        try:
+            health.HealthConfig(["probe"], self.interval, self.timeout, self.retries,
+                                self.start_period, self.on_failure)
+        except ValueError as e:
+            raise UsageError(f"invalid health check: {e}") from None
+
+    def monitor_args(self) -> list[str]:
+        return ["--health-cmd", self.cmd, "--health-interval", str(self.interval),
+                "--health-timeout", str(self.timeout), "--health-retries", str(self.retries),
+                "--health-start-period", str(self.start_period),
+                "--health-on-failure", self.on_failure]
 
 
 def stdio_flags(interactive: bool, tty: bool) -> list[str]:
@@ -274,6 +339,8 @@ PROPERTIES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "IOWeight": ("IOWeight", "t", parse_weight),
     "TasksMax": ("TasksMax", "t", parse_count),
     "RuntimeMaxSec": ("RuntimeMaxUSec", "t", parse_seconds),
+    # How long a --sdnotify container|healthy container may take to say it is ready.
+    "TimeoutStartSec": ("TimeoutStartUSec", "t", parse_seconds),
     "Nice": ("Nice", "i", int),
 }
 

@@ -50,6 +50,8 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         "invocation_ids": state.get("invocation_ids", []),
         "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
         "unit_state": None, "status_text": None,
+        # --health-cmd: status, failing_streak, log (the last results); else None.
+        "health": records.read_json(cdir / "health.json"),
     }
     if props is not None:
         info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"

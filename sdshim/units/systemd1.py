@@ -304,6 +304,12 @@ class UnitStart:
         if it left none, systemd's word (the unit's Service properties)."""
         if record and record.get("error"):
             return CreateError(str(record["error"]), int(record.get("exit_code") or 125))
+        from sdshim.units import readiness  # --sdnotify container|healthy only
+
+        not_ready = readiness.not_ready_error(self.directory, self.what, self.unit,
+                                              properties)
+        if not_ready is not None:
+            return not_ready
         props = properties or {}
         detail = props.get("StatusText") or \
             f"job {self.job.result or 'unfinished'}, result {props.get('Result')}"
