@@ -88,7 +88,17 @@ def record(module: str) -> None:
         posix.write(fd, line.encode())
     finally:
         posix.close(fd)
+
+
+def main() -> None:
+    """sdshim-upgradetest: an extra console script, as sdshim-conmon will be."""
+    from sdshim import __version__
+
+    print(f"upgradetest {{__version__}} {{sys.argv[0]}}")
 '''
+# The second package carries an extra console script, so both packages' rules for
+# sdshim-NAME scripts (also /usr/libexec/sdshim/NAME) are exercised.
+EXTRA_SCRIPT = 'sdshim-upgradetest = "sdshim._upgrade_probe:main"'
 PROBE_CALL = "\nimport sdshim._upgrade_probe as _upgrade_probe  # noqa\n" \
              "_upgrade_probe.record(__name__)\n"
 
@@ -96,6 +106,7 @@ PROBE_CALL = "\nimport sdshim._upgrade_probe as _upgrade_probe  # noqa\n" \
 @dataclass
 class NextPackage:
     deb: Path
+    rpm: Path
     version: str
 
 
@@ -108,6 +119,7 @@ def _bump_version(tree: Path, version: str) -> None:
         file.write_text(text)
 
     sub("pyproject.toml", r'^version = ".*"$', f'version = "{version}"')
+    sub("pyproject.toml", r"^\[project.scripts\]$", f"[project.scripts]\n{EXTRA_SCRIPT}")
     sub("sdshim/__init__.py", r'^__version__ = ".*"$', f'__version__ = "{version}"')
     sub("packaging/rpm/sdshim.spec", r"^Version:( *).*$", rf"Version:\g<1>{version}")
     changelog = tree / "packaging/debian/changelog"
@@ -144,11 +156,28 @@ def next_package(tmp_path_factory: pytest.TempPathFactory) -> NextPackage:
     for module in (tree / "sdshim").rglob("*.py"):
         if module.name != "_upgrade_probe.py":
             module.write_text(module.read_text() + PROBE_CALL)
-    build = subprocess.run(["make", "-C", str(tree), "deb", f"OUT={work / 'out'}"],
+    build = subprocess.run(["make", "-C", str(tree), "deb", "rpm", f"OUT={work / 'out'}"],
                            capture_output=True, text=True, timeout=600, check=False,
                            env={**os.environ, **SYSTEM_ENV})
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    return NextPackage(work / "out" / f"sdshim_{version}_all.deb", version)
+    return NextPackage(work / "out" / f"sdshim_{version}_all.deb",
+                       work / "out" / f"sdshim-{version}-1.noarch.rpm", version)
+
+
+def test_extra_console_scripts_are_also_in_libexec(next_package: NextPackage) -> None:
+    """Each sdshim-NAME script is /usr/bin/sdshim-NAME and /usr/libexec/sdshim/NAME, in
+    both packages (the second package has one: EXTRA_SCRIPT)."""
+    deb = subprocess.run(["dpkg-deb", "-c", str(next_package.deb)], capture_output=True,
+                         text=True, check=True).stdout
+    assert re.search(r"^-rwxr-xr-x .* \./usr/bin/sdshim-upgradetest$", deb, re.M), deb
+    assert re.search(r"^lrwxrwxrwx .* \./usr/libexec/sdshim/upgradetest -> "
+                     r"\.\./\.\./bin/sdshim-upgradetest$", deb, re.M), deb
+    rpm = subprocess.run(["rpm", "-qlvp", str(next_package.rpm)], capture_output=True,
+                         text=True, check=True).stdout
+    assert re.search(r"^-rwxr-xr-x .* /usr/bin/sdshim-upgradetest$", rpm, re.M), rpm
+    assert re.search(r"^lrwxrwxrwx .* /usr/libexec/sdshim/upgradetest -> "
+                     r"\.\./\.\./bin/sdshim-upgradetest$", rpm, re.M), rpm
+    assert re.search(r"^drwxr-xr-x .* /usr/libexec/sdshim$", rpm, re.M), rpm
 
 
 def test_rpm_has_the_debs_contents_and_requirements(packages: Packages) -> None:
@@ -471,6 +500,9 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
             next_package.version
         assert inst.bed.path(f"{SYSTEM_SITE}sdshim/_upgrade_probe.py").exists()
         assert not _probe(inst)  # the package's own scripts started no sdshim code
+        extra = inst.ok("/usr/libexec/sdshim/upgradetest").split()
+        assert extra[:2] == ["upgradetest", next_package.version], extra
+        inst.bed.path(PROBE_LOG).unlink()  # what that script imported
 
         # Nothing restarted: same monitors, same invocations, the slice untouched.
         after = _monitors(inst, tag)
