@@ -324,6 +324,8 @@ def test_template_unit_runs_the_bundle_as_a_boot_service(installed: Installed) -
     bundle = installed.bed.path(f"/var/lib/sdshim/bundles/{name}")
     bundles.make_busybox(bundle, ["sh", "-c", script])
     dropin = installed.bed.path(f"/etc/systemd/system/{unit}.d/test.conf")
+    bad_unit = f"sdshim@{PREFIX}badopt.service"
+    bad_dropin = installed.bed.path(f"/etc/systemd/system/{bad_unit}.d/test.conf")
     dropin.parent.mkdir(parents=True)
     dropin.write_text("[Service]\nRestart=on-failure\nRestartSec=100ms\nMemoryMax=64M\n"
                       "Environment=\"SDSHIM_OPTIONS=--tag boot-tag --stop-timeout 5\"\n")
@@ -366,12 +368,26 @@ def test_template_unit_runs_the_bundle_as_a_boot_service(installed: Installed) -
         failed = installed.show(missing_unit, "ActiveState", "StatusText", "ExecMainStatus")
         assert failed["ActiveState"] == "failed" and failed["ExecMainStatus"] == "125"
         assert f"/var/lib/sdshim/bundles/{PREFIX}missing/config.json" in failed["StatusText"]
+
+        # Options the monitor cannot use: it says so and exits 251, which Restart= skips
+        # (not 2, which would be restarted into the same error forever).
+        bad_dropin.parent.mkdir(parents=True)
+        bad_dropin.write_text("[Service]\nRestart=always\nRestartSec=100ms\n"
+                              'Environment="SDSHIM_OPTIONS=--stop-timeout soon"\n')
+        installed.ok("systemctl", "daemon-reload")
+        assert installed.run("systemctl", "start", bad_unit).returncode != 0
+        failed = installed.show(bad_unit, "ActiveState", "StatusText", "ExecMainStatus",
+                                "NRestarts")
+        assert failed["ActiveState"] == "failed" and failed["ExecMainStatus"] == "251"
+        assert failed["NRestarts"] == "0"
+        assert "invalid value for --stop-timeout: 'soon'" in failed["StatusText"], failed
     finally:
         installed.run("systemctl", "disable", "--now", unit)
-        installed.run("systemctl", "reset-failed", f"sdshim@{PREFIX}missing.service")
+        installed.run("systemctl", "reset-failed", f"sdshim@{PREFIX}missing.service", bad_unit)
         shutil.rmtree(dropin.parent, ignore_errors=True)
+        shutil.rmtree(bad_dropin.parent, ignore_errors=True)
         shutil.rmtree(bundle, ignore_errors=True)
-        for n in (name, f"{PREFIX}missing"):
+        for n in (name, f"{PREFIX}missing", f"{PREFIX}badopt"):
             shutil.rmtree(installed.bed.path(f"/run/sdshim/{n}"), ignore_errors=True)
 
 
