@@ -210,6 +210,12 @@ def test_deb_metadata(packages: Packages) -> None:
     scripts = subprocess.run(["dpkg-deb", "-I", str(packages.deb), "postinst", "prerm",
                               "postrm"], capture_output=True, check=True).stdout
     assert b"sdshim@" not in scripts and b"sdshim.slice" in scripts
+    # An upgrade restarts nothing: no restart at all, and the slice (with every container
+    # in it) is stopped only on removal.
+    assert b"restart" not in scripts.replace(b"--no-restart", b"")
+    for stop in re.finditer(rb"^(.*)\n\s*deb-systemd-invoke stop .*$", scripts, re.M):
+        assert b'"$1" = remove' in stop[1], stop[0]
+    assert re.search(rb"deb-systemd-invoke stop 'sdshim.slice'", scripts)
 
 
 # --- the .deb installed in the box ------------------------------------------------------
