@@ -14,9 +14,10 @@ line"), held by tests/test_monitor_options.py:
   default is what monitors did before it existed.
 - An option this monitor does not know (a newer sdshim wrote it, or a typo in a
   template unit's SDSHIM_OPTIONS) is ignored and named once on stderr, which is the
-  unit's journal. Options added after 0.1.0 are written --opt=VALUE, one token, so
-  an older monitor can skip them exactly; for --opt VALUE it takes the next token as
-  the value unless that starts with "--".
+  unit's journal. For an unknown --opt VALUE it takes the next token as the value
+  unless that starts with "--"; so an option added after 0.1.0 whose value is free
+  text (a str converter: a value may start with "--") is written --opt=VALUE, one
+  token, which an older monitor skips exactly.
 - What still cannot be used (a required option missing, a bad value) exits with
   EXIT_NO_RESTART, which every unit lists in RestartPreventExitStatus=: the same
   command line would fail the same way, and with StartLimitIntervalSec=0 systemd
