@@ -463,7 +463,7 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
     inst = installed
     tag = secrets.token_hex(3)
     names = {mode: f"{PREFIX}up{tag}-{mode}" for mode in
-             ("pipes", "stdin", "tty", "always", "stream", "new")}
+             ("pipes", "stdin", "tty", "always", "stream", "attached", "new")}
     template = f"{PREFIX}up{tag}-boot"
     unit = f"sdshim@{template}.service"
     ticks = ('trap "echo bye; exit 0" TERM; i=0; '
@@ -502,10 +502,21 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
                                    "-c", "read x; echo exec-got-$x; exit 5"], env=SYSTEM_ENV,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE)
-        old_clis += [term.proc, exec_cli]
-        before = _wait_monitors(inst, tag, lambda m: sum(":exec-" in u for u in m) == 1
+        # Old CLIs that wait across the upgrade: an attached run, logs -f, wait.
+        def old_cli(*args: str) -> subprocess.Popen[bytes]:
+            return inst.bed.popen(["/usr/bin/sdshim", *args], env=SYSTEM_ENV,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+
+        attached = old_cli("run", "--name", names["attached"],
+                           str(make_bundle("sh", "-c", ticks.format("attached"))))
+        follower = old_cli("logs", "-f", names["stream"])
+        waiter = old_cli("wait", names["pipes"])
+        old_clis += [term.proc, exec_cli, attached, follower, waiter]
+        before = _wait_monitors(inst, tag, lambda m: len(m) == 8
                                 and all(p["ActiveState"] == "active" for p in m.values()))
-        assert len(before) == 7, before.keys()
+        assert sum(":exec-" in u for u in before) == 1, before.keys()
+        _wait(lambda: all(_box_pids(p) for p in old_clis), "the old CLIs to start")
         slice_before = inst.show("sdshim.slice", "ActiveEnterTimestampMonotonic")
         old_pids = {int(p["MainPID"]) for p in before.values()}
         assert 0 not in old_pids, before
@@ -562,13 +573,19 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         new_term.send(b"exit 3\r")
         assert new_term.wait() == 3
         # Logs: every line before and after the upgrade, in order, from both drivers.
-        for mode in ("pipes", "stream"):
+        for mode in ("pipes", "stream", "attached"):
             assert inst.sdshim("stop", names[mode]).returncode == 0, mode
             assert inst.sdshim("wait", names[mode]).stdout.strip() == b"0", mode
             lines = inst.sdshim("logs", names[mode]).stdout.decode().split()
             assert lines[-1] == "bye" and lines[:-1] == [f"{mode}-{i}"
                                                          for i in range(len(lines) - 1)]
             assert len(lines) > 20, lines  # more than a second's worth, spanning the upgrade
+            # The old CLIs that waited for it saw it all.
+            for cli, expected in ((attached, lines) if mode == "attached" else
+                                  (follower, lines) if mode == "stream" else
+                                  (waiter, ["0"]),):
+                out, err = cli.communicate(timeout=60)
+                assert cli.returncode == 0 and out.decode().split() == expected, (mode, err)
         assert _status(inst, names["tty"])["exit_code"] == 3
         # Restart= of old units: the new monitor, from the old command line.
         for name, u in ((names["always"], f"sdshim-{names['always']}.service"),
@@ -614,6 +631,13 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         shutil.rmtree(dropin.parent, ignore_errors=True)
         shutil.rmtree(bundle, ignore_errors=True)
         inst.bed.path(PROBE_LOG).unlink(missing_ok=True)
+
+
+def _wait(done: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def _wait_monitors(inst: Installed, tag: str, done: Any) -> dict[str, dict[str, str]]:
