@@ -106,3 +106,12 @@ def test_bad_input_exits_2_naming_the_problem(argv: list[str], message: str,
     assert exc.value.code == EXIT_NO_RESTART
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_monitor_entry_points_never_move() -> None:
+    """Units keep their ExecStart across upgrades: the paths in it stay valid."""
+    argv = spec.monitor_command()
+    assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("/sdshim/shim/__main__.py")
+    assert Path(argv[3]).is_file()
+    template = (Path(__file__).parent.parent / "systemd/sdshim@.service").read_text()
+    assert "\nExecStart=/usr/bin/python3 -I -m sdshim.shim " in template
