@@ -105,7 +105,7 @@ def usage() -> str:
     return f"usage: {PROG} " + " ".join(parts) + " [-- COMMAND...]"
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
     print(f"{usage()}\n{PROG}: error: {message}", file=sys.stderr)
     # The unit's status text says it too (systemctl status, sdshim status).
     Notifier().send(STATUS=f"{PROG}: {message}")
@@ -143,7 +143,7 @@ def parse(argv: list[str]) -> SimpleNamespace:
         convert = OPTIONS[opt][0]
         if convert is _flag:
             if eq:
-                _fail(f"{opt} takes no value")
+                fail(f"{opt} takes no value")
             values[opt] = True
             continue
         if eq:
@@ -152,17 +152,17 @@ def parse(argv: list[str]) -> SimpleNamespace:
             raw = argv[i]
             i += 1
         else:
-            _fail(f"{opt} needs a value")
+            fail(f"{opt} needs a value")
         try:
             if opt in lists:
                 lists[opt].append(convert(raw))
             else:
                 values[opt] = convert(raw)
         except ValueError:
-            _fail(f"invalid value for {opt}: {raw!r}")
+            fail(f"invalid value for {opt}: {raw!r}")
     missing = [opt for opt, value in values.items() if value is None]
     if missing:
-        _fail("the following arguments are required: " + ", ".join(missing))
+        fail("the following arguments are required: " + ", ".join(missing))
     if ignored:
         print(f"{PROG}: ignoring what this monitor (sdshim {__version__}) does not know: "
               + ", ".join(map(repr, ignored))
