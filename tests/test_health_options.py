@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdshim.errors import UsageError
+from sdshim.errors import EXIT_NO_RESTART, UsageError
 from sdshim.shim import options
 from sdshim.units import cli, spec
 
@@ -74,7 +74,7 @@ def test_monitor_refuses_healthy_without_a_check_and_bad_checks(
                            (["--health-interval", "soon"], "--health-interval: 'soon'")):
         with pytest.raises(SystemExit) as exc:
             monitor.parse_args(base + extra)
-        assert exc.value.code == 2
+        assert exc.value.code == EXIT_NO_RESTART  # an unusable monitor argv never loops
         assert message in capsys.readouterr().err
     monkeypatch.setenv("SDSHIM_HEALTH_CMD", "test -e /tmp/ok")
     assert monitor.parse_args(base).health_cmd == "test -e /tmp/ok"

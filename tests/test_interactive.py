@@ -19,6 +19,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,15 @@ from tests.test_lifecycle import poll
 class Terminal:
     """A pty whose slave side is the CLI's terminal; the test types on the master."""
 
-    def __init__(self, bed: Bed, args: list[str], rows: int = 24, cols: int = 80) -> None:
+    def __init__(self, bed: Bed, args: list[str], rows: int = 24, cols: int = 80, *,
+                 cli: Sequence[str] = SDSHIM, env: dict[str, str] | None = None) -> None:
         self.master, self.slave = os.openpty()
         self.set_size(rows, cols)
         self.saved = termios.tcgetattr(self.slave)
         # setsid -c: a session of its own with this pty as the controlling terminal, so
         # the CLI is its foreground process group and gets SIGWINCH on resize.
-        self.proc = bed.popen(["setsid", "-c", *SDSHIM, *args], stdin=self.slave,
-                              stdout=self.slave, stderr=self.slave)
+        self.proc = bed.popen(["setsid", "-c", *cli, *args], stdin=self.slave,
+                              stdout=self.slave, stderr=self.slave, env=env)
         self.buf = b""
 
     def set_size(self, rows: int, cols: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sdshim.errors import EXIT_NO_RESTART
 from sdshim.shim import runtime
 from sdshim.shim.attach import FrameQueue
 from sdshim.shim.control import ControlServer, InvalidRequest, parse_request
@@ -317,5 +318,5 @@ def test_monitor_refuses_timeouts_that_are_no_durations(value: str,
     with pytest.raises(SystemExit) as exc:
         monitor.parse_args(["--name", "n", "--id", "i", "--bundle", "/b", "--runtime", "runc",
                             "--stop-timeout", value])
-    assert exc.value.code == 2
+    assert exc.value.code == EXIT_NO_RESTART  # the same argv would fail again (options.py)
     assert "--stop-timeout must be a number of seconds" in capsys.readouterr().err

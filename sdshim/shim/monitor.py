@@ -730,9 +730,8 @@ def parse_args(argv: list[str]) -> SimpleNamespace:
     for option in ("stop_timeout", "timeout"):
         value = getattr(opts, option)
         if not 0.0 <= value < float("inf"):  # NaN too: a NaN timeout would kill at once
-            say(f"{options.PROG}: error: --{option.replace('_', '-')} must be a number of "
-                f"seconds, 0 or more, not {value}")
-            raise SystemExit(options.USAGE_EXIT)
+            options.fail(f"--{option.replace('_', '-')} must be a number of seconds, "
+                         f"0 or more, not {value}")
     if opts.health_cmd:
         from sdshim.shim import health
 

@@ -3,13 +3,34 @@
 spec.py writes this command line and people rarely do, so a table and a loop do:
 argparse (with gettext, locale and shutil, which its formatter pulls in) would cost
 every container ~2.7 ms of start-up and ~0.6 MB of private memory.
+
+The command line outlives the sdshim that wrote it: a unit keeps its ExecStart, and
+after a package upgrade (or downgrade) Restart= runs another version's monitor with
+it. So it is a contract between versions (docs/design.md, "The monitor's command
+line"), held by tests/test_monitor_options.py:
+- An option is never removed or renamed and never changes meaning; one that is no
+  longer needed stays in OPTIONS, parsed and ignored.
+- Only --name, --bundle and --runtime are required, forever; every later option's
+  default is what monitors did before it existed.
+- An option this monitor does not know (a newer sdshim wrote it, or a typo in a
+  template unit's SDSHIM_OPTIONS) is ignored and named once on stderr, which is the
+  unit's journal. For an unknown --opt VALUE it takes the next token as the value
+  unless that starts with "--"; so an option added after 0.1.0 whose value is free
+  text (a str converter: a value may start with "--") is written --opt=VALUE, one
+  token, which an older monitor skips exactly.
+- What still cannot be used (a required option missing, a bad value) exits with
+  EXIT_NO_RESTART, which every unit lists in RestartPreventExitStatus=: the same
+  command line would fail the same way, and with StartLimitIntervalSec=0 systemd
+  would otherwise restart it every second forever.
 """
 
 from __future__ import annotations
 
 import sys
 
-from sdshim import leanos
+from sdshim import __version__, leanos
+from sdshim.errors import EXIT_NO_RESTART
+from sdshim.shim.notify import Notifier
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
 if TYPE_CHECKING:
@@ -25,7 +46,9 @@ else:
     SimpleNamespace = type(sys.implementation)
 
 PROG = "sdshim-monitor"
-USAGE_EXIT = 2  # as argparse
+# Not argparse's 2: a unit with a restart policy must not be restarted into the same
+# error (see above).
+USAGE_EXIT = EXIT_NO_RESTART
 
 
 def _flag(_value: str) -> bool:
@@ -113,11 +136,14 @@ def usage() -> str:
 
 def fail(message: str) -> NoReturn:
     print(f"{usage()}\n{PROG}: error: {message}", file=sys.stderr)
+    # The unit's status text says it too (systemctl status, sdshim status).
+    Notifier().send(STATUS=f"{PROG}: {message}")
     raise SystemExit(USAGE_EXIT)
 
 
 def parse(argv: list[str]) -> SimpleNamespace:
-    """--opt VALUE, --opt=VALUE and flags; exits 2 with a message on bad input."""
+    """--opt VALUE, --opt=VALUE and flags; unknown options are skipped (the namespace's
+    `ignored` lists them, as given); exits EXIT_NO_RESTART with a message on bad input."""
     values: dict[str, object] = {opt: default for opt, (_, default) in OPTIONS.items()}
     values["--unit"] = leanos.getenv("SDSHIM_UNIT")
     # systemd splits $SDSHIM_OPTIONS at whitespace, quotes or not: a template unit's
@@ -127,25 +153,37 @@ def parse(argv: list[str]) -> SimpleNamespace:
     lists: dict[str, list[object]] = {opt: [] for opt, (_, default) in OPTIONS.items()
                                       if isinstance(default, list)}
     values.update(lists)
-    args = iter(argv)
-    for arg in args:
+    ignored: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
         if arg == "--":
-            values["--command"] = list(args)
+            values["--command"] = argv[i:]
             break
         if arg in ("-h", "--help"):
             print(usage())
             raise SystemExit(0)
         opt, eq, inline = arg.partition("=")
         if opt not in OPTIONS:
-            fail(f"unrecognized argument {arg!r}")
+            if not eq and arg.startswith("--") and i < len(argv) \
+                    and not argv[i].startswith("--"):
+                arg = f"{arg} {argv[i]}"  # --opt VALUE: its value goes with it
+                i += 1
+            ignored.append(arg)
+            continue
         convert = OPTIONS[opt][0]
         if convert is _flag:
             if eq:
                 fail(f"{opt} takes no value")
             values[opt] = True
             continue
-        raw = inline if eq else next(args, None)
-        if raw is None:
+        if eq:
+            raw = inline
+        elif i < len(argv):
+            raw = argv[i]
+            i += 1
+        else:
             fail(f"{opt} needs a value")
         try:
             if opt in lists:
@@ -159,4 +197,10 @@ def parse(argv: list[str]) -> SimpleNamespace:
         fail("the following arguments are required: " + ", ".join(missing))
     if values["--sdnotify"] == "healthy" and not values["--health-cmd"]:
         fail("--sdnotify healthy needs --health-cmd (or $SDSHIM_HEALTH_CMD)")
-    return SimpleNamespace(**{opt[2:].replace("-", "_"): v for opt, v in values.items()})
+    if ignored:
+        print(f"{PROG}: ignoring what this monitor (sdshim {__version__}) does not know: "
+              + ", ".join(map(repr, ignored))
+              + "; written by another sdshim version, or mistyped?", file=sys.stderr)
+    opts = SimpleNamespace(**{opt[2:].replace("-", "_"): v for opt, v in values.items()})
+    opts.ignored = ignored
+    return opts

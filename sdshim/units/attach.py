@@ -136,6 +136,8 @@ class AttachSocket:
                              f"faster than they were read here (the journal has them){eol}")
             sys.stderr.flush()
             return None
+        if kind not in (framing.STDOUT, framing.STDERR):
+            return None  # a kind from a newer monitor (docs/design.md, "Protocols")
         out = sys.stderr if kind == framing.STDERR else sys.stdout
         out.buffer.write(payload)
         out.flush()

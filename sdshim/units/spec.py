@@ -208,7 +208,8 @@ class HealthOptions:
             raise UsageError(f"invalid health check: {e}") from None
 
     def monitor_args(self) -> list[str]:
-        return ["--health-cmd", self.cmd, "--health-interval", str(self.interval),
+        # Free text in its own token (--opt=VALUE): see sdshim.shim.options.
+        return [f"--health-cmd={self.cmd}", "--health-interval", str(self.interval),
                 "--health-timeout", str(self.timeout), "--health-retries", str(self.retries),
                 "--health-start-period", str(self.start_period),
                 "--health-on-failure", self.on_failure]
