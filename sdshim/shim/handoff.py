@@ -184,10 +184,12 @@ class Handoff:
             raise HandoffError(self.rt.last_error() or f"{self.rt.name} start {_how(code)}")
         self.to(STARTED)
         confirmed = self.wait_exec()
-        self.write_state(status="running" if confirmed else "started",
-                         exec_confirmed=confirmed)
         self.to(RUNNING)
         return confirmed
+
+    def record_started(self, confirmed: bool) -> None:
+        self.write_state(status="running" if confirmed else "started",
+                         exec_confirmed=confirmed)
 
     def alive(self, timeout: float = 0.0) -> bool:
         """Whether the init still runs (its pidfd is readable once it has ended)."""
@@ -285,8 +287,9 @@ class Handoff:
                     reply = {"ok": False, "error": str(e)}
             else:
                 reply = {"ok": False, "error": f"unknown request {op!r}"}
-            conn.sendall(leanjson.dumps(reply).encode() + b"\n")
+            conn.sendall(leanjson.dumps(reply).encode() + b"\n")  # first: see Manager.start
             if started and self.state_name == RUNNING:
+                self.record_started(not reply.get("ended"))
                 self.ready(self.started_status(not reply.get("ended")))
             return started
         except OSError:
@@ -303,7 +306,9 @@ class Handoff:
             self.hand_over()
             if not self.opts.start:
                 return self.serve_start()
-            self.ready(self.started_status(self.start()))
+            confirmed = self.start()
+            self.record_started(confirmed)
+            self.ready(self.started_status(confirmed))
             return 0
         except HandoffError as e:
             return self.fail(str(e), e.code)

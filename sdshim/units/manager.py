@@ -78,7 +78,14 @@ class Manager:
         if status["state"] != "created":
             raise ContainerStateError(f"container {name} is {status['state']}, not created; "
                                       "only a created container can be started")
-        reply = await start_monitored(records.container_dir(name), f"container {name}")
+        try:
+            reply = await start_monitored(records.container_dir(name), f"container {name}")
+        except ContainerStateError:
+            if not without_monitor(status):
+                raise
+            # The hand-off is ended by the stop step once the container has: it may not
+            # have answered. What happened is in the exit record.
+            reply = {"ended": True}
         if reply.get("ended"):
             # No monitor: the command ended before its exec was seen. An exec failure
             # is in the stop step's record; anything else is the container's own exit.
