@@ -152,9 +152,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
     targets: list[str] = []
     lat = results.get("startup")
     if lat:
-        runs = lat["latency"]["sdshim"]["n"]
-        floor = lat["latency"]["runc"]["median"]
-        podman = lat["latency"]["podman"]["median"]
+        nan = {"median": float("nan"), "n": 0}
+        # --startup-only may leave methods out: their ratios and targets are nan/missed.
+        runs = max(v["n"] for v in lat["latency"].values())
+        floor = lat["latency"].get("runc", nan)["median"]
+        podman = lat["latency"].get("podman", nan)["median"]
         rows = []
         for key, label in LATENCY_ROWS:
             if key not in lat["latency"]:
@@ -174,7 +176,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
         if "handoff_exec_to_ready" in lat:
             h = lat["handoff_exec_to_ready"]
             out += [table(["zero-resident start-up", "median", "min", "max"], [
-                ["hand-off: exec → READY=1 (create, MAINPID, start, exec seen)",
+                # systemd restarts ExecMainStart when MAINPID names a new main process
+                ["hand-off: MAINPID taken → READY=1 (runc start, exec seen)",
                  ms(h["median"]), ms(h["min"]), ms(h["max"])]]), ""]
         if "sdshim-zero" in lat["latency"] and "systemd-run" in lat["latency"]:
             zero = lat["latency"]["sdshim-zero"]["median"]
@@ -184,7 +187,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
                            "the `systemd-run --wait -p Type=exec runc run` floor: "
                            f"{'met' if ratio <= TARGET_ZERO_VS_FLOOR else 'MISSED'} "
                            f"({ms(zero)} vs {ms(floor_sr)} ms, ratio {ratio:.2f})")
-        sd = lat["latency"]["sdshim"]["median"]
+        sd = lat["latency"].get("sdshim", nan)["median"]
         targets.append(f"`sdshim run -d` faster than `podman run -d`: "
                        f"{'met' if sd < podman else 'MISSED'} ({ms(sd)} vs {ms(podman)} ms, "
                        f"ratio {sd / podman:.2f})")
