@@ -29,15 +29,17 @@ from sdshim.units.manager import Manager
 # --- sdshim ----------------------------------------------------------------------------
 
 
-async def sdshim_start(scratch: Path, count: int, prefix: str) -> dict[str, Any]:
-    """Start count containers at once through the Python API; time until all run."""
+async def sdshim_start(scratch: Path, count: int, prefix: str,
+                       supervisor: str = "sdshim") -> dict[str, Any]:
+    """Start count containers at once through the Python API; time until all run.
+    supervisor systemd: zero-resident, no monitor (pids then holds none)."""
     bundle = common.make_bundle(scratch, "footprint", common.IDLE_ARGS)
     names = [f"{prefix}-{i}-{secrets.token_hex(2)}" for i in range(count)]
     errors: list[str] = []
     async with await Manager.connect() as m:
         async def one(name: str) -> str | None:
             try:
-                return await m.create(bundle, name=name, start=True)
+                return await m.create(bundle, name=name, start=True, supervisor=supervisor)
             except SdshimError as e:
                 errors.append(str(e))
                 return None
@@ -47,14 +49,44 @@ async def sdshim_start(scratch: Path, count: int, prefix: str) -> dict[str, Any]
         wall = common.ms_since(t0)
         running = [n for n in started if n is not None]
         pids = []
+        ok = 0
         for name in running:
             status = await m.status(name)
-            if status["state"] == "running" and status["monitor_pid"]:
-                pids.append(int(status["monitor_pid"]))
+            if status["state"] == "running" and (status["monitor_pid"]
+                                                 or supervisor == "systemd"):
+                ok += 1
+                if status["monitor_pid"]:
+                    pids.append(int(status["monitor_pid"]))
             else:
                 errors.append(f"{name}: {status['state']} {status.get('error')}")
-    return {"names": running, "pids": pids, "wall_ms": wall, "failures": count - len(pids),
+    return {"names": running, "pids": pids, "wall_ms": wall, "failures": count - ok,
             "errors": errors[:5]}
+
+
+def sdshim_resident() -> list[int]:
+    """Every process of sdshim's own (monitor, hand-off, stop step) in the box."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"sdshim/shim/" in cmdline or b"sdshim.shim" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def zero_resident(scratch: Path, count: int, prefix: str) -> dict[str, Any]:
+    """count zero-resident containers at once; what of sdshim stays once they run."""
+    s = asyncio.run(sdshim_start(scratch, count, prefix, "systemd"))
+    time.sleep(0.5)  # hand-offs that sent READY=1 are gone within milliseconds
+    left = sdshim_resident()
+    totals = common.memory_totals(left)
+    per = {k: v / max(1, count) for k, v in totals["total_kb"].items()}
+    return {**s, "resident_processes": len(left), "total_kb": totals["total_kb"],
+            "mean_kb": per, "n": count}
 
 
 async def sdshim_delete(names: list[str]) -> None:
@@ -107,6 +139,11 @@ def memory(scratch: Path, idle: int) -> dict[str, Any]:
         result[f"sdshim_{count}"] = {**common.memory_totals(s["pids"]),
                                      "failures": s["failures"]}
         asyncio.run(sdshim_delete(s["names"]))
+        common.log(f"memory: {count} idle zero-resident sdshim containers")
+        z = zero_resident(scratch, count, "memz")
+        result[f"zero_{count}"] = {k: z[k] for k in ("n", "total_kb", "mean_kb",
+                                                      "resident_processes", "failures")}
+        asyncio.run(sdshim_delete(z["names"]))
         common.log(f"memory: {count} idle conmon containers")
         c = conmon_start(scratch, count)
         result[f"conmon_{count}"] = {**common.memory_totals(c["pids"]),
@@ -122,6 +159,12 @@ def scale(scratch: Path, count: int) -> dict[str, Any]:
     result["sdshim"] = {"wall_ms": s["wall_ms"], "failures": s["failures"],
                         "errors": s["errors"], **common.memory_totals(s["pids"])}
     asyncio.run(sdshim_delete(s["names"]))
+    common.log(f"scale: {count} zero-resident sdshim containers at once")
+    z = zero_resident(scratch, count, "scalez")
+    result["zero"] = {"wall_ms": z["wall_ms"], "failures": z["failures"],
+                      "errors": z["errors"], "resident_processes": z["resident_processes"],
+                      "total_kb": z["total_kb"]}
+    asyncio.run(sdshim_delete(z["names"]))
     common.log(f"scale: {count} conmon containers at once")
     c = conmon_start(scratch, count)
     result["conmon"] = {"wall_ms": c["wall_ms"], "failures": c["failures"],

@@ -34,6 +34,8 @@ TOOLS = ("runc", "conmon", "podman", "systemd-run", "tar")
 # Targets from issue 7 (ratios from one run on the same machine).
 TARGET_READY_GAP_MS = 15.0
 TARGET_PRIVATE_DIRTY_KB = 3 * 1024
+# Targets from issue 14 (zero-resident containers).
+TARGET_ZERO_VS_FLOOR = 1.5
 # "Bounded" under the log stream: Private_Dirty would grow less than this in an hour.
 BOUND_HOUR_GROWTH_KB = 1024
 
@@ -60,13 +62,14 @@ def inside(box: testbed.Box, module: str, *args: str, timeout: float = 600,
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
-def logs_benchmark(timeout: float) -> str:
+def logs_benchmark(timeout: float, extra: list[str] | None = None) -> str:
     """The logging issue's figures: bench/logs.py's own output, when it is in the tree."""
     if not (common.REPO / "bench" / "logs.py").exists():
         return "not measured (logging benchmark not present)"
     common.log("logs: running bench/logs.py (it boots its own test bed)")
     try:
-        proc = spawn.run([sys.executable, "-m", "bench.logs"], check=False, timeout=timeout,
+        proc = spawn.run([sys.executable, "-m", "bench.logs", *(extra or [])], check=False,
+                         timeout=timeout,
                          env=dict(os.environ, PYTHONPATH=str(common.REPO)),
                          stderr=sys.stderr)
     except spawn.CommandError as e:
@@ -135,6 +138,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 LATENCY_ROWS = (
     ("sdshim", "`sdshim run -d`"),
+    ("sdshim-zero", "`sdshim run -d --supervisor systemd` (zero-resident)"),
     ("podman", "`podman run -d --network none`"),
     ("conmon", "conmon 2.1.6 (sync pipe) + `runc start`"),
     ("runc", "floor: `runc create` + `runc start`"),
@@ -148,11 +152,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
     targets: list[str] = []
     lat = results.get("startup")
     if lat:
-        runs = lat["latency"]["sdshim"]["n"]
-        floor = lat["latency"]["runc"]["median"]
-        podman = lat["latency"]["podman"]["median"]
+        nan = {"median": float("nan"), "n": 0}
+        # --startup-only may leave methods out: their ratios and targets are nan/missed.
+        runs = max(v["n"] for v in lat["latency"].values())
+        floor = lat["latency"].get("runc", nan)["median"]
+        podman = lat["latency"].get("podman", nan)["median"]
         rows = []
         for key, label in LATENCY_ROWS:
+            if key not in lat["latency"]:
+                continue
             s = lat["latency"][key]
             rows.append([label, ms(s["median"]), ms(s["min"]), ms(s["max"]),
                          f"{s['median'] / floor:.2f}", f"{s['median'] / podman:.2f}"])
@@ -165,7 +173,21 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
              ms(ready["min"]), ms(ready["max"])],
             ["conmon: launch → sync-pipe PID (create)", ms(sync["median"]), ms(sync["min"]),
              ms(sync["max"])]]), ""]
-        sd = lat["latency"]["sdshim"]["median"]
+        if "handoff_exec_to_ready" in lat:
+            h = lat["handoff_exec_to_ready"]
+            out += [table(["zero-resident start-up", "median", "min", "max"], [
+                # systemd restarts ExecMainStart when MAINPID names a new main process
+                ["hand-off: MAINPID taken → READY=1 (runc start, exec seen)",
+                 ms(h["median"]), ms(h["min"]), ms(h["max"])]]), ""]
+        if "sdshim-zero" in lat["latency"] and "systemd-run" in lat["latency"]:
+            zero = lat["latency"]["sdshim-zero"]["median"]
+            floor_sr = lat["latency"]["systemd-run"]["median"]
+            ratio = zero / floor_sr
+            targets.append(f"`run -d --supervisor systemd` within {TARGET_ZERO_VS_FLOOR}x of "
+                           "the `systemd-run --wait -p Type=exec runc run` floor: "
+                           f"{'met' if ratio <= TARGET_ZERO_VS_FLOOR else 'MISSED'} "
+                           f"({ms(zero)} vs {ms(floor_sr)} ms, ratio {ratio:.2f})")
+        sd = lat["latency"].get("sdshim", nan)["median"]
         targets.append(f"`sdshim run -d` faster than `podman run -d`: "
                        f"{'met' if sd < podman else 'MISSED'} ({ms(sd)} vs {ms(podman)} ms, "
                        f"ratio {sd / podman:.2f})")
@@ -181,8 +203,25 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
                 m = mem[f"{peer}_{count}"]
                 label = "alone" if count == 1 else f"mean of {m['n']} (of {count})"
                 rows.append([peer, label, *(mb(m["mean_kb"][k]) for k in common.MEMORY_FIELDS)])
+        zero_rows = []
+        for count in (1, args.idle):
+            z = mem.get(f"zero_{count}")
+            if z:
+                zero_rows.append(["sdshim zero-resident", f"{count} ({z['resident_processes']} "
+                                  "sdshim processes left)",
+                                  *(mb(z["mean_kb"][k]) for k in common.MEMORY_FIELDS)])
+        rows[2:2] = zero_rows
         out += ["### 2. Memory per monitor, idle containers (MB, /proc/PID/smaps_rollup)", "",
-                table(["monitor", "containers", "Pss", "Private_Dirty", "Rss"], rows), ""]
+                table(["monitor", "containers", "Pss", "Private_Dirty", "Rss"], rows), "",
+                "zero-resident: the memory of every sdshim process left in the box once the "
+                "containers run, per container.", ""]
+        z = mem.get(f"zero_{args.idle}")
+        if z:
+            left = z["total_kb"]["Rss"]
+            targets.append(f"0 bytes of sdshim resident per zero-resident container: "
+                           f"{'met' if left == 0 and z['resident_processes'] == 0 else 'MISSED'}"
+                           f" ({z['resident_processes']} processes, {left} kB Rss in total "
+                           f"for {args.idle} containers)")
         dirty = mem[f"sdshim_{args.idle}"]["mean_kb"]["Private_Dirty"]
         targets.append(f"monitor Private_Dirty under 3 MB: "
                        f"{'met' if dirty < TARGET_PRIVATE_DIRTY_KB else 'MISSED'} "
@@ -190,21 +229,29 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
                        f"{mb(mem[f'conmon_{args.idle}']['mean_kb']['Private_Dirty'])} MB)")
     sc = results.get("scale")
     if sc:
-        rows = [[peer, f"{sc[peer]['wall_ms'] / 1000:.2f}", str(sc[peer]["failures"]),
+        peers = [p for p in ("sdshim", "zero", "conmon") if p in sc]
+        rows = [[{"zero": "sdshim zero-resident"}.get(peer, peer),
+                 f"{sc[peer]['wall_ms'] / 1000:.2f}", str(sc[peer]["failures"]),
                  *(mb(sc[peer]["total_kb"][k]) for k in common.MEMORY_FIELDS)]
-                for peer in ("sdshim", "conmon")]
+                for peer in peers]
         out += [f"### 3. Scale: {sc['count']} containers started at once", "",
                 table(["monitor", "wall time until all run (s)", "failures",
                        "total Pss (MB)", "total Private_Dirty (MB)", "total Rss (MB)"], rows),
                 "", "Limits in the box: " + ", ".join(f"{k} {v}" for k, v in
                                                       sc["limits"].items()), ""]
-        for peer in ("sdshim", "conmon"):
+        for peer in peers:
             if sc[peer]["errors"]:
                 out.append(f"{peer} errors (first {len(sc[peer]['errors'])}): "
                            + "; ".join(sc[peer]["errors"]))
         fails = sc["sdshim"]["failures"]
         targets.append(f"{sc['count']} parallel starts with no failure: "
                        f"{'met' if fails == 0 else 'MISSED'} ({fails} failed)")
+        if "zero" in sc:
+            zw, cw = sc["zero"]["wall_ms"], sc["conmon"]["wall_ms"]
+            ok = zw <= cw and sc["zero"]["failures"] == 0
+            targets.append(f"{sc['count']} parallel zero-resident starts no slower than "
+                           f"conmon's: {'met' if ok else 'MISSED'} ({zw / 1000:.2f} vs "
+                           f"{cw / 1000:.2f} s, {sc['zero']['failures']} failed)")
     if "logs" in results:
         out += ["### 4. Logs (bench/logs.py)", "", results["logs"], ""]
     so = results.get("soak")
@@ -246,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=float, default=120, help="seconds of the 1 MB/s log stream")
     p.add_argument("--skip", action="append", default=[],
                    choices=("startup", "memory", "scale", "logs", "soak"))
+    p.add_argument("--startup-only", default="", metavar="METHOD,...",
+                   help="start-latency methods to time (default all: sdshim, sdshim-zero, "
+                   "podman, conmon, runc, systemd-run)")
+    p.add_argument("--logs-only", default="", metavar="SETUP,...",
+                   help="bench/logs.py --only (default: all its setups)")
+    p.add_argument("--logs-lines", type=int, default=0,
+                   help="bench/logs.py --lines (default: its own, 1,000,000)")
     p.add_argument("--logs-timeout", type=float, default=420,
                    help="seconds bench/logs.py may take")
     p.add_argument("--json", type=Path, help="also write the raw results here")
@@ -264,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 # the interpreter that starts them: the installed CLI's, as in startup.
                 py = str(common.installed_python(scratch))
                 if "startup" not in args.skip:
-                    results["startup"] = inside(box, "startup", s, "--runs", str(args.runs))
+                    results["startup"] = inside(box, "startup", s, "--runs", str(args.runs),
+                                                "--only", args.startup_only)
                 if "memory" not in args.skip:
                     results["memory"] = inside(box, "footprint", s, "memory",
                                                "--idle", str(args.idle), python=py)
@@ -278,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if "logs" not in args.skip:
-            results["logs"] = logs_benchmark(timeout=args.logs_timeout)
+            extra = (["--only", args.logs_only] if args.logs_only else []) + \
+                (["--lines", str(args.logs_lines)] if args.logs_lines else [])
+            results["logs"] = logs_benchmark(timeout=args.logs_timeout, extra=extra)
     except (SdshimError, subprocess.SubprocessError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1

@@ -23,16 +23,18 @@ from sdshim import spawn
 from sdshim.naming import unit_name
 
 Timed = Callable[[int], float]
+ZERO = ("--supervisor", "systemd")  # zero-resident: the container is the main process
 
 
 def sdshim_run(scratch: Path, ready: list[float], cli: list[str],
-               env: dict[str, str]) -> Timed:
+               env: dict[str, str], extra: tuple[str, ...] = ()) -> Timed:
+    """`sdshim run -d` (extra: more options, e.g. --supervisor systemd)."""
     bundle = common.make_bundle(scratch, "sdshim", common.IDLE_ARGS)
 
     def once(i: int) -> float:
         name = f"bench-{i}-{secrets.token_hex(3)}"
         t0 = time.perf_counter()
-        spawn.run([*cli, "run", "-d", "--name", name, str(bundle)], env=env)
+        spawn.run([*cli, "run", "-d", *extra, "--name", name, str(bundle)], env=env)
         elapsed = common.ms_since(t0)
         ready.append(exec_to_ready_ms(unit_name(name)))
         spawn.run([*cli, "delete", "--force", name], env=env)
@@ -114,17 +116,21 @@ def systemd_run_floor(scratch: Path) -> Timed:
     return once
 
 
-def measure(scratch: Path, runs: int) -> dict[str, Any]:
+def measure(scratch: Path, runs: int, only: list[str] | None = None) -> dict[str, Any]:
     ready: list[float] = []
+    zero_ready: list[float] = []
     sync: list[float] = []
     cli, env, installed = common.installed_cli(scratch)
     methods: dict[str, Timed] = {
         "sdshim": sdshim_run(scratch, ready, cli, env),
+        "sdshim-zero": sdshim_run(scratch, zero_ready, cli, env, ZERO),
         "podman": podman_run(scratch),
         "conmon": conmon_run(scratch, sync),
         "runc": runc_floor(scratch),
         "systemd-run": systemd_run_floor(scratch),
     }
+    if only:
+        methods = {k: v for k, v in methods.items() if k in only}
     times: dict[str, list[float]] = {k: [] for k in methods}
     # Interleaved, so that a burst of load on a shared machine hits every method alike.
     for i in range(runs + 1):
@@ -138,6 +144,7 @@ def measure(scratch: Path, runs: int) -> dict[str, Any]:
         "sdshim_cli": installed,
         "latency": {k: common.summary(v) for k, v in times.items()},
         "monitor_exec_to_ready": common.summary(ready[1:]),
+        "handoff_exec_to_ready": common.summary(zero_ready[1:]),
         "conmon_launch_to_sync": common.summary(sync[1:]),
     }
 
@@ -146,8 +153,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python3 -m bench.startup")
     p.add_argument("scratch", type=Path)
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--only", default="", help="comma-separated methods (default: all)")
     args = p.parse_args()
-    common.emit(measure(args.scratch, args.runs))
+    common.emit(measure(args.scratch, args.runs, [m for m in args.only.split(",") if m]))
 
 
 if __name__ == "__main__":

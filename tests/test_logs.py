@@ -168,12 +168,16 @@ def test_stream_driver_output_and_what_it_gives_up(bed: Bed, name: str,
                 b"nul\x00inside\n" + long + b"\nno newline")
     out = logs(bed, name)
     assert out.stdout == expected and out.stderr == b"err\n"
-    # The lines are the unit's, under the container's name; no CONTAINER_* fields.
+    # The lines are the unit's, under the container's name, and carry the container
+    # fields from the unit's LogExtraFields=.
     entries = export(bed, f"_SYSTEMD_UNIT=sdshim-{name}.service", f"SYSLOG_IDENTIFIER={name}")
     assert {e[b"PRIORITY"] for e in entries} == {b"6", b"3"}
     assert [e.get(b"_LINE_BREAK") for e in entries if e[b"MESSAGE"] == long[:49152]] == \
         [b"line-max"]
-    assert export(bed, f"CONTAINER_NAME={name}") == []
+    fielded = export(bed, f"CONTAINER_NAME={name}", f"SYSLOG_IDENTIFIER={name}")
+    assert len(fielded) == len(entries) > 0
+    assert {(e[b"CONTAINER_ID_FULL"], e[b"CONTAINER_ID"]) for e in fielded} == \
+        {(s["id"].encode(), s["id"][:12].encode())}
 
 
 def test_stream_output_does_not_pass_through_the_monitor(bed: Bed, name: str,

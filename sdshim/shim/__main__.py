@@ -6,9 +6,11 @@ package is not on sys.path, so put it there -- after the standard library, so th
 nothing installed beside sdshim can shadow a standard module. `python3 -m sdshim.shim`
 works as well.
 
-Here is where it is decided which lifecycle runs: a container's
+Here is where it is decided which program runs: a container's lifecycle
 (sdshim.shim.container) or, with --exec-id, an exec'd process's
-(sdshim.shim.execprocess). Only that one is loaded.
+(sdshim.shim.execprocess); with `--supervisor systemd` no monitor but the hand-off that
+makes the container the unit's main process (sdshim.shim.handoff); with `--stop-post`
+that unit's ExecStopPost= step (sdshim.shim.stoppost). Only that one is loaded.
 """
 
 import posix  # not os: see sdshim.leanos
@@ -18,10 +20,23 @@ if not __package__:
     here = __file__ if __file__.startswith("/") else f"{posix.getcwd()}/{__file__}"
     sys.path.append(here.rsplit("/", 3)[0])  # <dir>/sdshim/shim/__main__.py
 
-from sdshim.shim import monitor
+argv = sys.argv[1:]
+if "--stop-post" in argv:
+    from sdshim.shim import stoppost
+
+    sys.exit(stoppost.main(argv))
+# A cheap look first: the monitor's path must not pay for options.parse twice.
+if "systemd" in argv or "--supervisor=systemd" in argv:
+    from sdshim.shim import handoff, options
+
+    handoff_opts = options.parse(argv)
+    if handoff_opts.supervisor == "systemd":
+        sys.exit(handoff.main(handoff_opts))
+
+from sdshim.shim import monitor  # noqa: E402  (after the two programs above)
 
 monitor.catch_early_signals()
-opts = monitor.parse_args(sys.argv[1:])
+opts = monitor.parse_args(argv)
 if opts.exec_id:  # the monitor of an `sdshim exec` process
     from sdshim.shim.execprocess import ExecLifecycle
 

@@ -4,6 +4,7 @@ $NOTIFY_SOCKET), and lines on its stderr (the unit's journal stream)."""
 from __future__ import annotations
 
 import _socket
+import posix
 import sys
 
 from sdshim import leanos
@@ -33,6 +34,37 @@ class Notifier:
             self.sock.sendto(msg, self.addr)
         except OSError:
             pass  # no manager listening (run by hand): nothing to tell
+
+
+    def barrier(self, timeout: float = 5.0) -> bool:
+        """Until systemd has processed every message sent so far (sd_notify_barrier(3):
+        BARRIER=1 with a pipe's write end, which systemd closes once it got there).
+
+        Needed before anything that depends on a message having arrived: systemd reads
+        notifications after it has reaped children, so MAINPID must be taken before the
+        new main process can end, and a message from a process that is gone by then
+        cannot be attributed to the unit and is dropped."""
+        if self.sock is None:
+            return False
+        import select
+
+        r, w = posix.pipe2(posix.O_CLOEXEC)
+        try:
+            try:
+                self.sock.sendmsg([b"BARRIER=1"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                                    w.to_bytes(4, sys.byteorder))],
+                                  0, self.addr)
+            except OSError:
+                return False
+            posix.close(w)
+            w = -1
+            poller = select.poll()
+            poller.register(r, select.POLLIN)
+            return bool(poller.poll(int(timeout * 1000)))  # POLLHUP: systemd closed it
+        finally:
+            posix.close(r)
+            if w >= 0:
+                posix.close(w)
 
 
 def _one_line(value: str) -> str:

@@ -61,6 +61,12 @@ def _restart_policy(value: str) -> str:
     return value
 
 
+def _supervisor(value: str) -> str:
+    if value not in ("sdshim", "systemd"):
+        raise ValueError(value)
+    return value
+
+
 def _log_driver(value: str) -> str:
     if value not in ("native", "stream"):
         raise ValueError(value)
@@ -105,6 +111,9 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     "--log-size-max": (int, 0),  # rotate it at this size; 0: never
     "--interactive": (_flag, False),  # keep the container's stdin open (-i)
     "--tty": (_flag, False),  # give it a terminal (-t)
+    # sdshim: this monitor supervises the container. systemd: hand the unit's main
+    # process over to the container's init and exit (sdshim.shim.handoff).
+    "--supervisor": (_supervisor, "sdshim"),
     "--sdnotify": (_sdnotify, "monitor"),  # who sends READY=1: monitor, container, healthy
     # Health checks (sdshim.shim.health); durations in seconds or as podman writes them.
     "--health-cmd": (str, ""),  # default: $SDSHIM_HEALTH_CMD (one word in SDSHIM_OPTIONS)

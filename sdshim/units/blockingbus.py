@@ -20,6 +20,7 @@ from sdshim.units.systemd1 import (
     UnitStart,
     add_match,
     get_all,
+    kill_unit,
     list_units,
     properties_changed,
     properties_reply,
@@ -81,8 +82,9 @@ class BlockingSystemd:
         except BusCallError as e:
             raise start.refused(e) from None
         if not start.job.ok:
-            raise start.failure(records.read_json(start.record_path),
-                                self.properties(start.properties_call))
+            record = records.read_json(start.record_path)
+            if not start.ran(record):
+                raise start.failure(record, self.properties(start.properties_call))
 
     def unit_properties(self, unit: str, interface: str = "") -> dict[str, Any] | None:
         """All properties of a loaded unit (interface '' = all), or None if not loaded."""
@@ -113,6 +115,10 @@ class BlockingSystemd:
         """Ask systemd to stop unit (no wait); a unit it does not have is stopped."""
         with contextlib.suppress(BusCallError):
             self.conn.call(stop_unit(unit))
+
+    def kill(self, unit: str, whom: str, signum: int) -> None:
+        """KillUnit: signum to the unit's main process (whom 'main') or all of it."""
+        self.conn.call(kill_unit(unit, whom, signum))
 
     def watch_unit(self, unit: str) -> None:
         """From now on, changed() sees the unit's property changes."""

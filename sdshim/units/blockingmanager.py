@@ -8,6 +8,7 @@ sdshim.units.systemd1); only the waiting is written twice, once per event model.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -22,9 +23,12 @@ from sdshim.units.status import (
     check_reply,
     describe,
     names,
+    record_stop,
     still_there,
     unit_of,
+    without_monitor,
 )
+from sdshim.units.systemd1 import BusCallError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,7 +71,11 @@ class BlockingManager:
         return control.request(records.container_dir(name), request, f"container {name}")
 
     def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
-        check_killable(name, self.status(name))
+        status = self.status(name)
+        check_killable(name, status)
+        if without_monitor(status) and status["state"] == "running":
+            self.systemd.kill(status["unit"], "main", signum)  # the init is the main process
+            return
         check_reply(name, self.control(name, {"op": "kill", "signal": signum}))
 
     def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -76,6 +84,8 @@ class BlockingManager:
         status = self.status(name)
         if status["state"] == "exited":
             return status
+        if without_monitor(status):
+            return self._stop_unit(name, status, timeout)
         try:
             self.control(name, {"op": "stop", "timeout": timeout})
         except ContainerStateError:
@@ -84,6 +94,18 @@ class BlockingManager:
             # systemd's own stop also cancels a restart that is already scheduled.
             self.systemd.stop(status["unit"])
         return self.wait(name, timeout + 10)
+
+    def _stop_unit(self, name: str, status: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Without a monitor (see Manager._stop_unit): systemd's stop, SIGKILL after."""
+        record_stop(name, status, False)
+        self.systemd.stop(status["unit"])
+        try:
+            return self.wait(name, timeout)
+        except ContainerStateError:
+            record_stop(name, status, True)
+            with contextlib.suppress(BusCallError):  # ended meanwhile
+                self.systemd.kill(status["unit"], "all", int(signal.SIGKILL))
+        return self.wait(name, 30)
 
     def wait(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """Until the container has exited; its status."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -44,6 +45,25 @@ from sdshim.units.wire import complete_types
 MAX_PENDING_CALLS = 64
 
 
+SO_SNDBUFFORCE = 32  # root may exceed net.core.wmem_max
+SEND_BUFFER = 4 << 20
+
+
+def _grow_send_buffer(bus: MessageBus) -> None:
+    """Room for every call in flight. dbus-fast 1.84's writer treats EAGAIN from a full
+    socket as a broken connection (it fails every call), which 64 StartTransientUnit
+    calls in flight can reach on a loaded machine, with the default ~200 KB buffer."""
+    sock = getattr(bus, "_sock", None)
+    if sock is None:
+        return
+    for opt in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SEND_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 class Systemd:
     """One connection to the system bus, talking to PID 1: the asyncio I/O layer over
     the protocol core (sdshim.units.systemd1). A call, or a job, that the bus's end
@@ -68,6 +88,7 @@ class Systemd:
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except (OSError, Exception) as e:
             raise unreachable(e) from e
+        _grow_send_buffer(bus)
         return cls(bus)
 
     def close(self) -> None:
@@ -161,8 +182,9 @@ class Systemd:
         except BusCallError as e:
             raise start.refused(e) from None
         if not start.job.ok:
-            raise start.failure(records.read_json(start.record_path),
-                                await self.properties(start.properties_call))
+            record = records.read_json(start.record_path)
+            if not start.ran(record):
+                raise start.failure(record, await self.properties(start.properties_call))
 
     async def stop_and_wait(self, unit: str, timeout: float | None = 60) -> str:
         job = Job(stop_unit(unit))

@@ -27,6 +27,7 @@ from sdshim.units.spec import (
     DEFAULT_RESTART_DELAY,
     RESTART_POLICIES,
     SDNOTIFY_MODES,
+    SUPERVISORS,
     seconds,
 )
 from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
@@ -72,9 +73,13 @@ def _create_options(p: argparse.ArgumentParser) -> None:
                    default=DEFAULT_RESTART_DELAY,
                    metavar="SECONDS", help="pause before a restart (default %(default)s)")
     p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
-    p.add_argument("--log-driver", default="native", metavar="native|stream",
-                   help="native (default): the monitor forwards each line with the "
-                   "container fields; stream: output goes straight to journald")
+    p.add_argument("--supervisor", choices=SUPERVISORS, default="sdshim",
+                   help="sdshim (default): a monitor supervises the container; systemd: "
+                   "the container becomes the unit's main process, no monitor stays")
+    p.add_argument("--log-driver", default="", metavar="native|stream",
+                   help="native (default with --supervisor sdshim): the monitor forwards "
+                   "each line with the container fields; stream (default with "
+                   "--supervisor systemd): output goes straight to journald")
     p.add_argument("--log-max-line", default="", metavar="BYTES",
                    help="split longer lines into partial journal entries (default 256K)")
     p.add_argument("--log-path", default="", metavar="FILE",
@@ -227,7 +232,8 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "log_size_max": _bytes_option("--log-size-max", args.log_size_max),
             "log_rate_limit": args.log_rate_limit,
             "interactive": args.interactive, "tty": args.tty,
-            "sdnotify": args.sdnotify, "health": _health_options(args)}
+            "sdnotify": args.sdnotify, "health": _health_options(args),
+            "supervisor": args.supervisor}
 
 
 def _health_options(args: argparse.Namespace) -> Any:

@@ -35,8 +35,10 @@ from sdshim.units.status import (
     check_reply,
     describe,
     names,
+    record_stop,
     still_there,
     unit_of,
+    without_monitor,
 )
 from sdshim.units.systemd1 import BusCallError, BusLostError, BusTimeoutError
 
@@ -82,7 +84,20 @@ class Manager:
         if status["state"] != "created":
             raise ContainerStateError(f"container {name} is {status['state']}, not created; "
                                       "only a created container can be started")
-        await start_monitored(records.container_dir(name), f"container {name}")
+        try:
+            reply = await start_monitored(records.container_dir(name), f"container {name}")
+        except ContainerStateError:
+            if not without_monitor(status):
+                raise
+            # The hand-off is ended by the stop step once the container has: it may not
+            # have answered. What happened is in the exit record.
+            reply = {"ended": True}
+        if reply.get("ended"):
+            # No monitor: the command ended before its exec was seen. An exec failure
+            # is in the stop step's record; anything else is the container's own exit.
+            ended = await self.wait(name, 30)
+            if ended.get("error"):
+                raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
 
     async def control(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the container's monitor over its control socket."""
@@ -146,7 +161,12 @@ class Manager:
     # --- signals, stop, delete ---------------------------------------------------------
 
     async def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
-        check_killable(name, await self.status(name))
+        status = await self.status(name)
+        check_killable(name, status)
+        if without_monitor(status) and status["state"] == "running":
+            # The container's init is the unit's main process: systemd signals it.
+            await self.systemd.kill(status["unit"], "main", signum)
+            return
         check_reply(name, await self.control(name, {"op": "kill", "signal": signum}))
 
     async def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -155,6 +175,8 @@ class Manager:
         status = await self.status(name)
         if status["state"] == "exited":
             return status
+        if without_monitor(status):
+            return await self._stop_unit(name, status, timeout)
         try:
             await self.control(name, {"op": "stop", "timeout": timeout})
         except ContainerStateError:
@@ -164,6 +186,21 @@ class Manager:
             # monitor keeps the timeout asked for, within the unit's TimeoutStopSec).
             await self.systemd.stop(status["unit"])
         return await self.wait(name, timeout + 10)
+
+    async def _stop_unit(self, name: str, status: dict[str, Any],
+                         timeout: float) -> dict[str, Any]:
+        """Without a monitor: systemd's stop job sends KillSignal= (the stop signal) to
+        the init and cancels any restart; SIGKILL to all after timeout (at the latest
+        after the unit's TimeoutStopSec, the stop timeout it was created with)."""
+        record_stop(name, status, False)
+        await self.systemd.stop(status["unit"])
+        try:
+            return await self.wait(name, timeout)
+        except ContainerStateError:
+            record_stop(name, status, True)
+            with contextlib.suppress(BusCallError):
+                await self.systemd.kill(status["unit"], "all", int(signal.SIGKILL))
+        return await self.wait(name, 30)
 
     async def delete(self, name: str, force: bool = False) -> None:
         """Remove a container: its unit, records and runtime state.
@@ -232,8 +269,8 @@ def _runtime_ids_by_bundle(runtime: str, root: Path, bundle: str) -> set[str]:
             if isinstance(e, dict) and e.get("bundle") == bundle and e.get("id")}
 
 
-async def start_monitored(directory: Path, what: str) -> None:
-    """Ask the monitor whose records are in directory to start its process."""
+async def start_monitored(directory: Path, what: str) -> dict[str, Any]:
+    """Ask the monitor whose records are in directory to start its process; its reply."""
     # No time limit of our own: with --sdnotify container|healthy the monitor answers
     # once the container is ready, or after its --ready-timeout.
     reply = await control_request(directory, {"op": "start"}, what, reply_timeout=None)
@@ -242,6 +279,7 @@ async def start_monitored(directory: Path, what: str) -> None:
         exit_record = await wait_exit_record(directory, 2.0) or {}
         raise CreateError(str(exit_record.get("error") or reply.get("error") or "start failed"),
                           int(exit_record.get("exit_code") or 125))
+    return reply
 
 
 async def wait_exit_record(directory: Path, timeout: float) -> dict[str, Any] | None:

@@ -33,6 +33,9 @@ LOG_MAX_LINE_LIMIT = 64 << 20
 # Margin systemd waits beyond the monitor's own stop timeout before SIGKILLing all.
 STOP_MARGIN_SEC = 5.0
 RESTART_POLICIES = ("no", "on-failure", "always")
+# sdshim: the monitor supervises the container. systemd: the container's init becomes the
+# unit's main process and nothing of sdshim stays (sdshim.shim.handoff).
+SUPERVISORS = ("sdshim", "systemd")
 DEFAULT_RESTART_DELAY = 1.0
 # The longest duration an option takes: about 31 years, far below what systemd's
 # microsecond fields (uint64) hold.
@@ -50,11 +53,12 @@ class ContainerSpec:
     def __init__(self, name: str, id: str, bundle: Path, runtime: str, *,
                  start: bool = True, stop_timeout: float = 10.0,
                  stop_signal: int = int(signal.SIGTERM), tag: str = "",
-                 log_max_line: int = 0, log_driver: str = "native", log_path: str = "",
+                 log_max_line: int = 0, log_driver: str = "", log_path: str = "",
                  log_size_max: int = 0, log_rate_limit: str = "", restart: str = "no",
                  restart_delay: float = DEFAULT_RESTART_DELAY, interactive: bool = False,
                  tty: bool = False, properties: list[Property] | None = None,
-                 sdnotify: str = "monitor", health: HealthOptions | None = None) -> None:
+                 sdnotify: str = "monitor", health: HealthOptions | None = None,
+                 supervisor: str = "sdshim") -> None:
         self.name = name
         self.id = id
         self.bundle = bundle
@@ -72,6 +76,7 @@ class ContainerSpec:
         self.restart_delay = restart_delay
         self.interactive = interactive
         self.tty = tty
+        self.supervisor = supervisor
         self.properties = properties or []
         self.sdnotify = sdnotify
         self.health = health
@@ -80,6 +85,12 @@ class ContainerSpec:
     def _check(self) -> None:
         seconds("--stop-timeout", self.stop_timeout)
         seconds("--restart-delay", self.restart_delay)
+        if self.supervisor not in SUPERVISORS:
+            raise UsageError(f"invalid --supervisor {self.supervisor!r}: use sdshim (a "
+                             "monitor per container) or systemd (no monitor)")
+        if self.zero_resident:
+            self._check_zero_resident()
+        self.log_driver = self.log_driver or ("stream" if self.zero_resident else "native")
         if self.log_driver not in LOG_DRIVERS:
             raise UsageError(f"invalid --log-driver {self.log_driver!r}: use native "
                              "(the monitor forwards lines with the container fields) or "
@@ -115,6 +126,24 @@ class ContainerSpec:
                              "always: systemd does the restarting")
 
     @property
+    def zero_resident(self) -> bool:
+        return self.supervisor == "systemd"
+
+    def _check_zero_resident(self) -> None:
+        """What needs a monitor, refused before anything is made (see README)."""
+        why = ("needs the sdshim monitor, which --supervisor systemd does not run; "
+               "drop one of them")
+        if self.interactive:
+            raise UsageError(f"-i {why} (it holds the container's stdin)")
+        if self.tty:
+            raise UsageError(f"-t {why} (it holds the terminal)")
+        if self.log_path:
+            raise UsageError(f"--log-path {why} (it writes the CRI log file)")
+        if self.log_driver == "native":
+            raise UsageError(f"--log-driver native {why} (it forwards the lines); "
+                             "--supervisor systemd logs through journald streams")
+
+    @property
     def unit(self) -> str:
         return naming.unit_name(self.name)
 
@@ -126,6 +155,8 @@ class ContainerSpec:
                 "--stop-signal", str(self.stop_signal), "--restart", self.restart]
         if self.start:
             argv.append("--start")
+        if self.zero_resident:
+            argv += ["--supervisor", self.supervisor]
         if self.tag:
             argv += ["--tag", self.tag]
         if self.log_max_line:
@@ -158,7 +189,33 @@ class ContainerSpec:
             ("RemainAfterExit", "b", self.restart != "always"),
             ("Delegate", "b", True),
         ]
+        if self.log_driver == "stream":
+            # journald adds them to every line the container writes to its streams.
+            props.append(("LogExtraFields", "aay", self.log_fields()))
+        if self.zero_resident:
+            props = self.zero_resident_properties(props)
         return props + self.restart_properties() + self.properties
+
+    def log_fields(self) -> list[bytes]:
+        """The podman field set, as the unit's LogExtraFields=."""
+        fields = {"CONTAINER_ID": self.id[:12], "CONTAINER_ID_FULL": self.id,
+                  "CONTAINER_NAME": self.name}
+        if self.tag:
+            fields["CONTAINER_TAG"] = self.tag
+        return [f"{k}={v}".encode() for k, v in fields.items()]
+
+    def zero_resident_properties(self, props: list[Property]) -> list[Property]:
+        """The container's init becomes the main process: systemd stops it (KillSignal=
+        to it alone, SIGKILL to all after the stop timeout), takes READY=1 from the
+        hand-off that is no longer the main process, and runs the stop step, which
+        records the exit, once it has ended."""
+        changed = {"NotifyAccess": ("NotifyAccess", "s", "all"),
+                   "TimeoutStopUSec": ("TimeoutStopUSec", "t", int(self.stop_timeout * USEC))}
+        props = [changed.get(p[0], p) for p in props]
+        stop_post = [*monitor_command(), "--stop-post", "--name", self.name,
+                     "--unit", self.unit]
+        return [*props, ("KillSignal", "i", self.stop_signal),
+                ("ExecStopPost", "a(sasb)", [[stop_post[0], stop_post, False]])]
 
     def restart_properties(self) -> list[Property]:
         """systemd restarts the monitor, which creates the container afresh each time."""

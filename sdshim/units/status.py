@@ -49,6 +49,7 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         "log_driver": state.get("log_driver"),
         "invocation_ids": state.get("invocation_ids", []),
         "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
+        "supervisor": state.get("supervisor", "sdshim"),
         "unit_state": None, "status_text": None,
         # --health-cmd: status, failing_streak, log (the last results); else None.
         "health": records.read_json(cdir / "health.json"),
@@ -57,6 +58,9 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         info["unit_state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
         info["status_text"] = props.get("StatusText") or None
         info["monitor_pid"] = props.get("MainPID") or None
+        if info["supervisor"] == "systemd":
+            info["monitor_pid"] = None  # MainPID is the container's init
+            info["kill_signal"] = props.get("KillSignal")
         info["restart"] = props.get("Restart") or info["restart"]
         info["restarts"] = props.get("NRestarts", info["restarts"])
     if exit_record is not None:
@@ -72,10 +76,14 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
             info["state"] = "restarting"
     elif props is not None and props.get("SubState") == "auto-restart":
         info.update(state="restarting", error=_monitor_death(props))
+    elif props is not None and _unit_ended(props) and info["supervisor"] == "systemd":
+        # No monitor: a clean exit leaves the unit active (exited) and its stop step
+        # runs only at delete; systemd's own record is the container's status.
+        info.update(state="exited", **_main_exit(props))
     elif _unit_ended(props):
         info.update(state="exited", error=_monitor_death(props))
     else:
-        info["state"] = {"created": "created", "running": "running",
+        info["state"] = {"created": "created", "running": "running", "started": "running",
                          "exiting": "exiting"}.get(str(state.get("status")), "creating")
     return info
 
@@ -99,6 +107,23 @@ def check_reply(name: str, reply: dict[str, Any]) -> None:
     """A control request's reply (kill): an error it carries is the container's state."""
     if not reply.get("ok"):
         raise ContainerStateError(f"container {name}: {reply.get('error')}")
+
+
+def without_monitor(status: dict[str, Any]) -> bool:
+    """Whether the container runs with --supervisor systemd: its init is the unit's
+    main process, and systemd, not a monitor, signals and stops it."""
+    return bool(status.get("supervisor") == "systemd")
+
+
+def record_stop(name: str, status: dict[str, Any], timed_out: bool) -> None:
+    """What `sdshim stop` sent a container without a monitor, for the exit record its
+    stop step writes: the stop signal (the unit's KillSignal=), then maybe SIGKILL."""
+    try:
+        signame = signal.Signals(int(status.get("kill_signal") or signal.SIGTERM)).name
+    except (TypeError, ValueError):
+        signame = "SIGTERM"
+    records.write_json(records.container_dir(name) / "stop.json",
+                       {"signal": signame, "timed_out": timed_out})
 
 
 def still_there(name: str, status: dict[str, Any],
@@ -147,6 +172,22 @@ def _unit_ended(props: dict[str, Any] | None) -> bool:
         return True
     active, sub = props.get("ActiveState"), props.get("SubState")
     return active in ("inactive", "failed") or (active == "active" and sub == "exited")
+
+
+def _main_exit(props: dict[str, Any]) -> dict[str, Any]:
+    """exit_code and signal of the unit's main process: without a monitor, the
+    container's init. ExecMainCode is a siginfo si_code: 1 exited, 2 killed, 3 dumped."""
+    code, status = props.get("ExecMainCode"), int(props.get("ExecMainStatus") or 0)
+    if code in (2, 3):
+        try:
+            name = signal.Signals(status).name
+        except ValueError:
+            name = str(status)
+        return {"exit_code": 128 + status, "signal": name}
+    if code == 1:
+        return {"exit_code": status, "signal": None}
+    return {"exit_code": None, "signal": None,
+            "error": "the container's unit ended with no exit status"}
 
 
 def _monitor_death(props: dict[str, Any] | None) -> str:

@@ -189,6 +189,12 @@ def stop_unit(unit: str) -> Call:
                         hint=f"see `systemctl status {unit}`")
 
 
+def kill_unit(unit: str, whom: str, signum: int) -> Call:
+    return manager_call("KillUnit", "ssi", [unit, whom, signum],
+                        purpose=f"systemd to signal {unit}",
+                        hint=f"see `systemctl status {unit}`")
+
+
 # --- jobs ------------------------------------------------------------------------------
 
 QUEUING, QUEUED, ENDED = "queuing", "queued", "ended"
@@ -297,6 +303,14 @@ class UnitStart:
         if self.name and e.name == UNIT_EXISTS:
             return exists_error(self.name)
         return SystemdError(f"systemd refused to start {self.unit}: {e}")
+
+    @staticmethod
+    def ran(record: dict[str, Any] | None) -> bool:
+        """Whether a unit whose job failed ran its container after all: without a
+        monitor (--supervisor systemd) a container that exits non-zero before READY=1
+        fails the job, and the stop step records its exit with no error: it ran."""
+        return bool(record and record.get("supervisor") == "systemd"
+                    and not record.get("error"))
 
     def failure(self, record: dict[str, Any] | None,
                 properties: dict[str, Any] | None) -> CreateError:
