@@ -106,10 +106,13 @@ def test_end_kills_a_running_probe_at_once(tmp_path: Path) -> None:
     marker = f"sleep 43{os.getpid() % 100:02d}9"
     loop = Loop(tmp_path, ["sh", "-c", f"{marker}; true"], interval=0.05, timeout=60)
     loop.checks.begin()
-    loop.until("the probe", lambda: bool(processes_with(marker)))
+    # The check's own sleep (argv NUL-separated): the runtime has written the leader's
+    # pid by then, as `runc exec` has once the command runs.
+    loop.until("the probe", lambda: bool(processes_with(marker.replace(" ", "\0"))))
     probe = loop.checks.probe
     assert probe is not None
     loop.checks.end()
     loop.until("the runtime reaped", lambda: loop.checks.probe is None)
-    loop.until("the check gone", lambda: processes_with(marker) == [], 10)
+    loop.until("the check gone", lambda: processes_with(marker) == [] and
+               processes_with(marker.replace(" ", "\0")) == [], 10)
     assert loop.changes == []  # no verdict for a probe the end cut short
