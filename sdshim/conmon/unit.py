@@ -1,0 +1,95 @@
+"""The transient service a podman container's monitor runs as.
+
+Named `sdshim-podman-<name>.service` (podman's container names are valid in unit
+names; a name systemd would escape is replaced by the short id), so `systemctl status
+sdshim-podman-web` shows the container, its memory, its processes and, while it runs,
+how it ended. The container's processes live in the unit's own cgroup leaf
+(`container/`), the monitor in `supervisor/` (see sdshim.shim.cgroup).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sdshim.units.connection import BusCallError
+from sdshim.units.spec import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
+from sdshim.units.systemd1 import UNIT_EXISTS, BlockingSystemd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sdshim.units.spec import Property
+
+PREFIX = "sdshim-podman-"
+SUFFIX = ".service"
+DEFAULT_SLICE = "machine.slice"  # podman's default cgroup parent
+_UNIT_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_SLICE = re.compile(r"[A-Za-z0-9_.-]+\.slice")
+
+
+class UnitError(Exception):
+    pass
+
+
+def unit_name(name: str | None, cid: str) -> str:
+    base = name if name and _UNIT_SAFE.fullmatch(name) else cid[:12]
+    return f"{PREFIX}{base}{SUFFIX}"
+
+
+def slice_of(cgroups_path: str) -> str:
+    """The slice of podman's systemd cgroupsPath (`machine.slice:libpod:ID`)."""
+    first = cgroups_path.split(":", 1)[0] if ":" in cgroups_path else ""
+    return first if _SLICE.fullmatch(first) else DEFAULT_SLICE
+
+
+def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
+               env: Sequence[str], cwd: str) -> list[Property]:
+    return [
+        ("Description", "s", f"podman container {name} ({cid[:12]})"),
+        ("Slice", "s", slice_),
+        ("Type", "s", "exec"),
+        ("Delegate", "b", True),
+        # Gone once it ends, whatever its status: the next container of that name (a
+        # podman restart, a new run) gets the name again. podman keeps the exit code.
+        ("CollectMode", "s", "inactive-or-failed"),
+        # SIGTERM to the monitor, which forwards it; SIGKILL for all after the timeout.
+        ("KillMode", "s", "mixed"),
+        ("SyslogIdentifier", "s", "sdshim-conmon"),
+        ("LogRateLimitIntervalUSec", "t", LOG_RATE_INTERVAL_USEC),
+        ("LogRateLimitBurst", "u", LOG_RATE_BURST_UNLIMITED),
+        ("Environment", "as", [*env, f"SDSHIM_CONTAINER={cid}"]),
+        ("WorkingDirectory", "s", cwd),
+        ("ExecStart", "a(sasb)", [[argv[0], list(argv), False]]),
+    ]
+
+
+def start(unit: str, props: list[Property]) -> BlockingSystemd:
+    """Start the unit; the connection, kept for stop() on a failed hand-over."""
+    systemd = BlockingSystemd.connect()
+    try:
+        result = systemd.start_transient(unit, props, timeout=60)
+    except BusCallError as e:
+        systemd.conn.close()
+        if e.name == UNIT_EXISTS:
+            raise UnitError(f"unit {unit} exists already: another container of that name "
+                            "is running on sdshim (stop it, or podman rename one of "
+                            "them)") from None
+        raise UnitError(f"systemd refused to start {unit}: {e}") from None
+    except BaseException:
+        systemd.conn.close()
+        raise
+    if result != "done":
+        systemd.conn.close()
+        raise UnitError(f"{unit} did not start (job {result}); see journalctl -u {unit}")
+    return systemd
+
+
+def stop(systemd: BlockingSystemd, unit: str) -> None:
+    from sdshim.units.systemd1 import MANAGER, SYSTEMD, SYSTEMD_PATH
+
+    try:
+        systemd.conn.call(SYSTEMD_PATH, MANAGER, "StopUnit", "ss", [unit, "replace"],
+                          destination=SYSTEMD)
+    except Exception:
+        pass  # gone already
