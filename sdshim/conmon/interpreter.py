@@ -7,6 +7,11 @@ cannot be made): the same binary, one inode, no compiled launcher. The link is
 checked on every start and replaced when the interpreter was upgraded, so a new
 monitor never runs an interpreter the package manager has replaced; running
 monitors keep theirs (the old inode), as they keep the code they started with.
+
+A python finds its standard library from where its executable lies; for a link
+elsewhere, `pyvenv.cfg` beside it names the real one's directory (`home`), as a
+venv's does. Each interpreter gets a directory of its own (the crc of its path), so
+two pythons on one host never take turns replacing one link.
 """
 
 from __future__ import annotations
@@ -36,10 +41,14 @@ def package_root() -> str:
 
 def ensure() -> str:
     """The path of a `conmon` that is this interpreter, made if need be."""
+    import zlib
+
     real = leanos.realpath(sys.executable)
     want = posix.stat(real)
     errors = []
-    for directory in LINK_DIRS:
+    tag = f"{zlib.crc32(real.encode()):08x}"
+    for base in LINK_DIRS:
+        directory = leanos.join(base, tag)
         path = leanos.join(directory, NAME)
         try:
             st = posix.stat(path)
@@ -51,6 +60,12 @@ def ensure() -> str:
             pass
         try:
             leanos.makedirs(directory, 0o755)
+            cfg = leanos.join(directory, "pyvenv.cfg")
+            tmp = f"{cfg}.{posix.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"home = {leanos.dirname(real)}\ninclude-system-site-packages = "
+                        "false\n")
+            posix.rename(tmp, cfg)
             tmp = f"{path}.{posix.getpid()}"
             try:
                 posix.link(real, tmp)

@@ -70,7 +70,10 @@ def launch(opts: options.Options, argv: list[str]) -> int:
     # (with -t podman reads our stderr until EOF), as conmon puts /dev/null there.
     fds = [fd for fd in handover.open_fds() if fd > 2 or opts.passthrough()]
     read_start_byte()
-    interp = interpreter.ensure()
+    try:
+        interp = interpreter.ensure()
+    except interpreter.InterpreterError as e:
+        raise LaunchError(f"[conmon:e]: {e}") from None
     path = f"{handover.HANDOVER_DIR}/h-{posix.getpid()}.sock"
     sock = handover.listen(path)
     env = [f"{k}={v}" for k, v in leanos.environ().items()]
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = options.parse(args)
     except options.OptionError as e:
-        print(f"conmon: option parsing failed: {e}", file=sys.stderr)
+        print(f"conmon: option parsing failed: {e}")  # conmon's goes to stdout too
         return EXIT_FAILURE
     if opts.version:
         sys.stdout.write(version())

@@ -137,6 +137,7 @@ class Monitor:
         self.timed_out = False
         self.deadline = 0.0
         self.pending_signals: list[int] = []
+        self.early: dict[int, int] = {}  # exits reaped before the container's pid was read
         self.cgroup_path = ""
         self.read_total = 0
 
@@ -194,6 +195,8 @@ class Monitor:
             if pid == self.pid and not self.exited:
                 self.exited = True
                 self.status = status
+            elif not self.pid:
+                self.early[pid] = status  # perhaps the container, before its pid is known
 
     def loop_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
         end = None if timeout is None else time.monotonic() + timeout
@@ -487,6 +490,10 @@ class Monitor:
                 self.pid = int(f.read().strip())
         except (OSError, ValueError) as e:
             return f"the runtime left no usable pid file {self.pidfile}: {e}"
+        if self.pid in self.early:  # it ended already (a quick exec)
+            self.exited = True
+            self.status = self.early[self.pid]
+        self.early.clear()
         self._reap()
         if self.opts.terminal:
             error = self.take_terminal()

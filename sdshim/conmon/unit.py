@@ -50,6 +50,12 @@ def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
         ("Slice", "s", slice_),
         ("Type", "s", "exec"),
         ("Delegate", "b", True),
+        # In the unit's own mask, not only delegated: on cgroup v1 systemd trims a
+        # hierarchy it no longer needs in the slice (another container's scope went,
+        # taking blkio with it) and `runc exec` then finds no container/ leaf there.
+        ("IOAccounting", "b", True),
+        ("MemoryAccounting", "b", True),
+        ("TasksAccounting", "b", True),
         # Gone once it ends, whatever its status: the next container of that name (a
         # podman restart, a new run) gets the name again. podman keeps the exit code.
         ("CollectMode", "s", "inactive-or-failed"),

@@ -1,0 +1,240 @@
+"""podman 4.3 with sdshim-conmon as its conmon, against stock conmon 2.1.6, in one run.
+
+Every command runs under both monitors on the same image; the exit code and output
+must be the same (where sdshim differs on purpose, the test says so). Containers on
+sdshim must also be services: sdshim-podman-NAME.service, the container in its cgroup.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import common
+from tests.conftest import REPO, Bed
+
+STOCK = "/usr/bin/conmon"
+
+
+class Podman:
+    def __init__(self, bed: Bed, env: dict[str, str], sdshim: str) -> None:
+        self.bed = bed
+        self.env = env
+        self.monitors = {"conmon": STOCK, "sdshim": sdshim}
+
+    def __call__(self, monitor: str, *args: str, input: bytes | None = None,
+                 timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        return self.bed.run(["podman", "--conmon", self.monitors[monitor], *args],
+                            input=input, timeout=timeout, env=self.env)
+
+    def both(self, *args: str, input: bytes | None = None
+             ) -> dict[str, subprocess.CompletedProcess[bytes]]:
+        return {m: self(m, *args, input=input) for m in self.monitors}
+
+
+@pytest.fixture(scope="module")
+def podman(bed: Bed) -> Iterator[Podman]:
+    if not Path("/usr/bin/podman").exists() or not Path(STOCK).exists():
+        from tests.conftest import missing
+
+        missing("podman and conmon (apt-get install podman conmon)")
+    env = common.podman_env(bed.scratch)
+    env.pop("PYTHONPATH", None)
+    wrapper = bed.scratch / "sdshim-conmon"
+    # What the console script does, from this checkout, without PYTHONPATH in the
+    # environment podman passes on (it would reach the runtime and the exit command).
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; "
+                       f"sys.path.insert(0, \"{REPO}\"); from sdshim.conmon.launcher "
+                       "import main; sys.exit(main())' \"$@\"\n")
+    wrapper.chmod(0o755)
+    tarball = bed.scratch / "rootfs.tar"
+    if not tarball.exists():
+        subprocess.run(["tar", "-C", str(common.rootfs(bed.scratch)), "-cf", str(tarball),
+                        "."], check=True)
+    out = bed.run(["podman", "import", "--quiet", str(tarball), common.IMAGE], env=env)
+    assert out.returncode == 0, out.stderr
+    yield Podman(bed, env, str(wrapper))
+    bed.run(["podman", "rm", "-a", "-f", "-t", "0"], env=env)
+
+
+def _ids(text: bytes) -> bytes:
+    return re.sub(rb"[0-9a-f]{64}", b"ID", text)
+
+
+def same(results: dict[str, subprocess.CompletedProcess[bytes]], stderr: bool = True,
+         ) -> subprocess.CompletedProcess[bytes]:
+    a, b = results["conmon"], results["sdshim"]
+    assert (b.returncode, _ids(b.stdout)) == (a.returncode, _ids(a.stdout)), (a, b)
+    if stderr:
+        assert _ids(b.stderr) == _ids(a.stderr), (a.stderr, b.stderr)
+    return b
+
+
+IMG = common.IMAGE
+NONET = ("--network", "none")
+
+
+def test_run_attached_output_and_exit_code(podman: Podman) -> None:
+    out = same(podman.both("run", "--rm", *NONET, IMG, "sh", "-c",
+                           "echo out-1; echo err-1 >&2; echo out-2; exit 3"))
+    assert out.returncode == 3 and out.stdout == b"out-1\nout-2\n"
+    assert out.stderr == b"err-1\n"
+
+
+def test_run_interactive_stdin(podman: Podman) -> None:
+    out = same(podman.both("run", "--rm", "-i", *NONET, IMG, "sh", "-c", "cat; echo done",
+                           input=b"hello\nworld\n"))
+    assert out.stdout == b"hello\nworld\ndone\n"
+
+
+def test_run_tty_without_terminal(podman: Podman) -> None:
+    out = same(podman.both("run", "--rm", "-t", *NONET, IMG, "echo", "on-a-tty"))
+    assert out.stdout == b"on-a-tty\r\n" and out.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (("/nonexistent",), 127),
+    (("/etc/passwd",), 126),
+])
+def test_runtime_errors_same_message_and_code(podman: Podman, args: tuple[str, ...],
+                                              code: int) -> None:
+    workdir = list(args[:2]) if args[0] == "-w" else []
+    cmd = list(args[2:]) if workdir else list(args)
+    results = podman.both("run", "--rm", *NONET, *workdir, IMG, *cmd)
+    out = same(results)
+    assert out.returncode in (code, 125) and out.stderr.startswith(b"Error: "), out
+
+
+def test_detached_lifecycle(podman: Podman) -> None:
+    """run -d, logs, exec, inspect, stop, wait, rm: the same under both."""
+    names = {m: f"pt-{m}-{secrets.token_hex(3)}" for m in podman.monitors}
+    script = "echo started; echo warn >&2; trap 'echo bye; exit 7' TERM; " \
+             "while :; do sleep 0.1; done"
+    for m, n in names.items():
+        out = podman(m, "run", "-d", "--name", n, *NONET, IMG, "sh", "-c", script)
+        assert out.returncode == 0, out.stderr
+    time.sleep(1)
+    results: dict[str, list[Any]] = {m: [] for m in names}
+    for m, n in names.items():
+        r = results[m]
+        r.append(podman(m, "logs", n))
+        r.append(podman(m, "exec", n, "sh", "-c", "echo in-exec; echo e >&2; exit 5"))
+        r.append(podman(m, "exec", "-i", n, "cat", input=b"piped\n"))
+        r.append(podman(m, "inspect", "-f", "{{.State.Status}} {{.State.Running}}", n))
+        r.append(podman(m, "stop", "-t", "10", n))
+        r.append(podman(m, "wait", n))
+        r.append(podman(m, "inspect", "-f", "{{.State.ExitCode}} {{.State.Status}}", n))
+        r.append(podman(m, "logs", n))
+    for a, b in zip(results["conmon"], results["sdshim"], strict=True):
+        assert (b.returncode, b.stdout.replace(names["sdshim"].encode(), b"N")) == \
+            (a.returncode, a.stdout.replace(names["conmon"].encode(), b"N")), \
+            (a.args[5:], a.stderr.decode(), b.stderr.decode())
+    logs = results["sdshim"][-1]
+    assert logs.stdout == b"started\nbye\n" and logs.stderr == b"warn\n"
+    assert results["sdshim"][1].returncode == 5
+    assert results["sdshim"][1].stdout == b"in-exec\n"
+    assert results["sdshim"][2].stdout == b"piped\n"
+    assert results["sdshim"][6].stdout == b"7 exited\n"
+    for m, n in names.items():
+        assert podman(m, "rm", n).returncode == 0
+
+
+def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
+    name = f"pt-svc-{secrets.token_hex(3)}"
+    out = podman("sdshim", "run", "-d", "--name", name, *NONET, IMG, "sleep", "1000")
+    assert out.returncode == 0, out.stderr
+    unit = f"sdshim-podman-{name}.service"
+    show = bed.show(unit, "ActiveState", "MainPID", "ControlGroup", "Delegate")
+    assert show["ActiveState"] == "active" and show["Delegate"] == "yes", show
+    info = podman("sdshim", "inspect", "-f", "{{.State.ConmonPid}} {{.State.Pid}}", name)
+    conmon_pid, pid = (int(x) for x in info.stdout.split())
+    # ConmonPid is the unit's main process, whose executable is named conmon (podman's
+    # tests look), and the container runs in the unit's cgroup.
+    assert int(show["MainPID"]) == conmon_pid
+    exe = bed.run(["readlink", f"/proc/{conmon_pid}/exe"]).stdout.decode().strip()
+    assert exe.endswith("/conmon"), exe
+    environ = bed.read(f"/proc/{conmon_pid}/environ")
+    assert f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}" in environ.split("\0")
+    cgroup = bed.read(f"/proc/{pid}/cgroup")
+    assert f"{show['ControlGroup']}/container" in cgroup, cgroup
+    top = podman("sdshim", "top", name)
+    assert top.returncode == 0 and b"sleep 1000" in top.stdout, top
+    out = podman("sdshim", "rm", "-f", "-t", "0", name)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 30
+    while bed.show(unit, "LoadState")["LoadState"] != "not-found":
+        assert time.monotonic() < deadline, "unit left behind"
+        time.sleep(0.1)
+
+
+def test_long_lines_whole(podman: Podman) -> None:
+    """conmon cuts journald entries at 8 KiB and podman joins them; sdshim keeps lines
+    up to 256 KiB in one entry: either way podman logs gives the line whole."""
+    for m in podman.monitors:
+        name = f"pt-long-{m}-{secrets.token_hex(3)}"
+        out = podman(m, "run", "--name", name, *NONET, IMG, "sh", "-c",
+                     "head -c 100000 /dev/zero | tr '\\0' x; echo; echo end")
+        assert out.returncode == 0, out.stderr
+        logs = podman(m, "logs", name)
+        assert logs.stdout == b"x" * 100000 + b"\nend\n", (m, len(logs.stdout))
+        podman(m, "rm", name)
+
+
+def test_k8s_file_log_driver(podman: Podman) -> None:
+    outs = {}
+    for m in podman.monitors:
+        name = f"pt-k8s-{m}-{secrets.token_hex(3)}"
+        out = podman(m, "run", "--log-driver", "k8s-file", "--name", name, *NONET, IMG,
+                     "sh", "-c", "echo one; echo two >&2; printf three")
+        assert out.returncode == 0, out.stderr
+        outs[m] = podman(m, "logs", name)
+        podman(m, "rm", name)
+    same(outs)
+    assert outs["sdshim"].stdout == b"one\nthree"  # a partial last line stays partial
+
+
+def test_create_start_and_timeout(podman: Podman) -> None:
+    results: dict[str, list[Any]] = {}
+    for m in podman.monitors:
+        name = f"pt-cs-{m}-{secrets.token_hex(3)}"
+        r = results[m] = []
+        r.append(podman(m, "create", "--name", name, *NONET, IMG, "echo", "created"))
+        r.append(podman(m, "start", "-a", name))
+        r.append(podman(m, "run", "--rm", "--timeout", "2", *NONET, IMG, "sleep", "60"))
+        podman(m, "rm", "-f", name)
+    for a, b in zip(results["conmon"], results["sdshim"], strict=True):
+        if a is results["conmon"][0]:
+            assert a.returncode == b.returncode == 0
+            continue
+        assert (b.returncode, b.stdout) == (a.returncode, a.stdout), (a, b)
+    assert results["sdshim"][1].stdout == b"created\n"
+
+
+def test_malformed_command_lines(podman: Podman, bed: Bed) -> None:
+    """conmon's exit status (1) and a one-line message; nothing left behind."""
+    sdshim = podman.monitors["sdshim"]
+    for args in (["--bogus"], ["-c", "x"], ["-c", "x", "-u", "x"],
+                 ["-c", "x", "-u", "x", "-r", "/nonexistent", "-l", "none"],
+                 ["-c", "x", "-u", "x", "-r", "/usr/bin/runc"],
+                 ["-c", "x", "-u", "x", "-r", "/usr/bin/runc", "-l", "none", "-e"],
+                 ["-c", "x", "-u", "x", "-r", "/usr/bin/runc", "-l", "bogus:x"],
+                 ["-T", "soon"]):
+        ours = bed.run([sdshim, *args], env=os.environ.copy())
+        theirs = bed.run([STOCK, *args])
+        assert ours.returncode == theirs.returncode == 1, (args, ours, theirs)
+        said = ours.stdout + ours.stderr
+        assert said.count(b"\n") == 1 and b"Traceback" not in said, said
+        assert (ours.stdout.strip(), ours.stderr.strip()) == \
+            (theirs.stdout.strip(), theirs.stderr.strip()), (args, said)
+    units = bed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                     "sdshim-podman-*"]).stdout.decode()
+    assert "sdshim-podman-x" not in units
