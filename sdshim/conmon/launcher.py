@@ -61,8 +61,21 @@ def container_cgroups_path(bundle: str) -> str:
 
 
 def in_unit() -> bool:
-    """podman itself runs in a service (generate systemd --new): no second unit."""
-    return bool(leanos.getenv("INVOCATION_ID"))
+    """podman itself runs in a service (generate systemd --new): no second unit.
+
+    podman passes no INVOCATION_ID to conmon, but it moves conmon into a
+    libpod-conmon-ID.scope unless it runs in a service itself (or --cgroups=no-conmon):
+    so a launcher still in a service's cgroup is in podman's unit."""
+    if leanos.getenv("INVOCATION_ID"):
+        return True
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    paths = {ctl: path for _hid, ctl, path in (line.split(":", 2) for line in lines)}
+    path = paths.get("", paths.get("name=systemd", ""))
+    return path.rstrip("/").rsplit("/", 1)[-1].endswith(".service")
 
 
 def launch(opts: options.Options, argv: list[str]) -> int:
