@@ -21,8 +21,8 @@ monitor answers one byte once it holds them. Why this is race-free:
 from __future__ import annotations
 
 import _socket
-import array
 import posix
+import struct  # not array: it imports collections.abc (~1 MB in every monitor)
 
 from sdshim import leanjson
 
@@ -34,7 +34,7 @@ HANDOVER_DIR = "/run/sdshim-conmon"
 MAX_MESSAGE = 1 << 20
 SCM_MAX_FD = 253  # the kernel's limit of fds per message
 ACK = b"\x01"
-_INT = array.array("i").itemsize
+_INT = struct.calcsize("i")
 
 
 class HandoverError(Exception):
@@ -71,7 +71,7 @@ def listen(path: str) -> _socket.socket:
 
 def peer_pid(conn: _socket.socket) -> int:
     creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    pid, uid, _gid = array.array("i", creds)
+    pid, uid, _gid = struct.unpack("3i", creds)
     if uid != 0:
         raise HandoverError(f"hand-over socket: peer uid {uid} is not root")
     return int(pid)
@@ -84,7 +84,7 @@ def send(conn: _socket.socket, payload: dict[str, Any], fds: list[int]) -> None:
     data = leanjson.dumps({**payload, "fds": fds}).encode()
     if len(data) > MAX_MESSAGE:
         raise HandoverError("hand-over message too large (environment or arguments)")
-    ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
     conn.sendmsg([data], ancillary if fds else [])
 
 
@@ -107,9 +107,8 @@ def receive(path: str) -> tuple[_socket.socket, dict[str, Any], dict[int, int]]:
     received: list[int] = []
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(data[: len(data) - len(data) % _INT])
-            received.extend(fds)
+            n = len(data) // _INT
+            received.extend(struct.unpack(f"{n}i", data[: n * _INT]))
     payload: dict[str, Any] = leanjson.loads(msg.decode())
     originals = [int(fd) for fd in payload.pop("fds")]
     if len(originals) != len(received):
