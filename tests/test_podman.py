@@ -328,3 +328,54 @@ def test_generate_systemd_new_unit(podman: Podman, bed: Bed) -> None:
         path.unlink()
         bed.run(["systemctl", "daemon-reload"])
         bed.run(["systemctl", "reset-failed", unit])
+
+
+def test_logs_options_and_size_limit(podman: Podman) -> None:
+    """logs --tail, --since, -f on an exited container, and k8s-file's max-size."""
+    results: dict[str, list[Any]] = {}
+    for m in podman.monitors:
+        name = f"pt-logs-{m}"
+        big = f"pt-big-{m}"
+        r = results[m] = []
+        r.append(podman(m, "run", "--name", name, *NONET, IMG, "sh", "-c",
+                        "for i in 1 2 3 4 5; do echo line-$i; done"))
+        r.append(podman(m, "logs", "--tail", "2", name))
+        r.append(podman(m, "logs", "--since", "1970-01-01T00:00:00Z", name))
+        r.append(podman(m, "logs", "-f", name))
+        r.append(podman(m, "run", "--name", big, "--log-driver", "k8s-file", "--log-opt",
+                        "max-size=2k", *NONET, IMG, "sh", "-c",
+                        "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done"))
+        r.append(podman(m, "logs", big))
+        podman(m, "rm", name, big)
+    for a, b in zip(results["conmon"], results["sdshim"], strict=True):
+        assert (b.returncode, b.stdout) == (a.returncode, a.stdout), (a, b)
+    assert results["sdshim"][1].stdout == b"line-4\nline-5\n"
+    kept = results["sdshim"][5].stdout.splitlines()
+    assert kept and kept[-1] == b"line-199" and len(kept) < 200  # the file was restarted
+
+
+def test_unit_name_clash_is_a_clear_error(podman: Podman, bed: Bed) -> None:
+    """Two storage roots, one container name: the second gets conmon's exit status and
+    a one-line reason; the first runs on, nothing is left of the second."""
+    name = f"pt-clash-{secrets.token_hex(3)}"
+    other = bed.scratch / "podman-other"
+    other.mkdir(exist_ok=True)
+    (other / "storage.conf").write_text(
+        '[storage]\ndriver = "vfs"\nrunroot = "/run/sdshim-test/other/run"\n'
+        'graphroot = "/run/sdshim-test/other/storage"\n')
+    env2 = {**podman.env, "CONTAINERS_STORAGE_CONF": str(other / "storage.conf")}
+    tarball = bed.scratch / "rootfs.tar"
+    assert bed.run(["podman", "import", "-q", str(tarball), IMG], env=env2).returncode == 0
+    first = podman("sdshim", "run", "-d", "--name", name, *NONET, IMG, "sleep", "1000")
+    assert first.returncode == 0, first.stderr
+    sdshim = podman.monitors["sdshim"]
+    second = bed.run(["podman", "--conmon", sdshim, "run", "-d", "--name", name, *NONET,
+                      IMG, "sleep", "1000"], env=env2)
+    assert second.returncode != 0
+    err = second.stderr.decode()
+    assert f"unit sdshim-podman-{name}.service exists already" in err, err
+    assert "Traceback" not in err
+    show = bed.show(f"sdshim-podman-{name}.service", "ActiveState", "Description")
+    assert show["ActiveState"] == "active" and "podman container" in show["Description"]
+    bed.run(["podman", "rm", "-f", "-t", "0", name], env=env2)
+    assert podman("sdshim", "rm", "-f", "-t", "0", name).returncode == 0

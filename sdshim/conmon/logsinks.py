@@ -83,24 +83,39 @@ class K8sFile:
         if self.fd >= 0:
             posix.close(self.fd)
         self.fd = fd
-        self.size = posix.fstat(fd).st_size
 
     def write(self, stream: str, lines: Lines) -> None:
         head = k8s_timestamp(time.time_ns()) + b" " + stream.encode()
-        data = b"".join(head + (b" P " if partial else b" F ") + line + b"\n"
-                        for line, partial in lines)
+        records = [head + (b" P " if partial else b" F ") + line + b"\n"
+                   for line, partial in lines]
         try:
-            if self.size_max and self.size + len(data) > self.size_max and self.size:
-                self._open(truncate=True)
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(self.fd, view):]
-            self.size += len(data)
+            if not self.size_max:
+                self._write(b"".join(records))
+            else:
+                # conmon's rule, line by line: the bytes this monitor wrote to the file
+                # plus the next line would pass the limit: start an empty file.
+                batch: list[bytes] = []
+                pending = 0
+                for record in records:
+                    if self.size + pending + len(record) > self.size_max:
+                        self._write(b"".join(batch))
+                        batch, pending = [], 0
+                        self._open(truncate=True)
+                        self.size = 0
+                    batch.append(record)
+                    pending += len(record)
+                self._write(b"".join(batch))
             self.failing = False
         except OSError as e:
             if not self.failing:
                 print(f"sdshim-conmon: cannot write {self.path}: {e}", file=sys.stderr)
             self.failing = True
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[posix.write(self.fd, view):]
+        self.size += len(data)
 
     def reopen(self) -> None:
         try:
