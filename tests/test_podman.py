@@ -379,3 +379,24 @@ def test_unit_name_clash_is_a_clear_error(podman: Podman, bed: Bed) -> None:
     assert show["ActiveState"] == "active" and "podman container" in show["Description"]
     bed.run(["podman", "rm", "-f", "-t", "0", name], env=env2)
     assert podman("sdshim", "rm", "-f", "-t", "0", name).returncode == 0
+
+
+def test_restart_policy(podman: Podman) -> None:
+    """podman restarts a container from the exit command, while the old monitor still
+    runs it: the new monitor gets `sdshim-podman-NAME:N.service`, as many times."""
+    seen = {}
+    for m in podman.monitors:
+        name = f"pt-rp-{m}"
+        out = podman(m, "run", "-d", "--name", name, "--restart", "on-failure:2", *NONET,
+                     IMG, "sh", "-c", "sleep 0.5; exit 3")
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 60
+        while True:
+            state = podman(m, "inspect", "-f",
+                           "{{.RestartCount}} {{.State.Status}} {{.State.ExitCode}}", name)
+            if state.stdout == b"2 exited 3\n" or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        seen[m] = state.stdout
+        podman(m, "rm", "-f", name)
+    assert seen == {"conmon": b"2 exited 3\n", "sdshim": b"2 exited 3\n"}

@@ -18,10 +18,13 @@ import time
 
 from sdshim import leanjson, leanos, spawn
 from sdshim.conmon import handover, interpreter, options
+from sdshim.errors import SdshimError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sdshim.units.systemd1 import BlockingSystemd
+    from typing import Any
+
+    from sdshim.units.blockingbus import BlockingSystemd
 
 HANDOVER_TIMEOUT = 60.0
 EXIT_FAILURE = 1  # conmon's status for everything it refuses
@@ -92,6 +95,7 @@ def launch(opts: options.Options, argv: list[str]) -> int:
     env = [f"{k}={v}" for k, v in leanos.environ().items()]
     own_unit = not opts.exec and not in_unit() and leanos.isdir("/run/systemd/system")
     assert opts.cid and opts.bundle
+    cid = opts.cid
     unit = ""
     systemd: BlockingSystemd | None = None
     child = 0
@@ -101,13 +105,15 @@ def launch(opts: options.Options, argv: list[str]) -> int:
         if own_unit:
             from sdshim.conmon import unit as units
 
-            unit = units.unit_name(opts.name, opts.cid)
-            props = units.properties(unit, opts.name or opts.cid[:12], opts.cid,
-                                     units.slice_of(container_cgroups_path(opts.bundle)),
-                                     monitor_argv, env, cwd)
+            name = opts.name or opts.cid[:12]
+            slice_ = units.slice_of(container_cgroups_path(opts.bundle))
+
+            def props_for(unit: str) -> list[Any]:
+                return units.properties(unit, name, cid, slice_, monitor_argv, env, cwd)
+
             try:
-                systemd = units.start(unit, props)
-            except units.UnitError as e:
+                systemd, unit = units.start(opts.name or "", cid, props_for)
+            except (units.UnitError, SdshimError) as e:
                 raise LaunchError(f"[conmon:e]: {e}") from None
         else:
             # /dev/null for stdio, as conmon's daemon: podman reads our stdout and

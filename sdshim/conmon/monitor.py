@@ -113,7 +113,7 @@ class Monitor:
         self.fds = fds  # podman's fd number -> ours
         self.cid: str = opts.cid or ""
         self.bundle: str = opts.bundle or "."
-        self.poller = Poller()
+        self.poller = Poller(self._on_error)
         self.sync_fd = self._named("_OCI_SYNCPIPE")
         self.start_fd = self._named("_OCI_STARTPIPE")
         self.attach_fd = self._named("_OCI_ATTACHPIPE")
@@ -216,9 +216,15 @@ class Monitor:
                         pass
                     continue
                 wait = left if wait is None else min(wait, left)
-            for callback, fileobj in self.poller.poll(wait):
-                callback(fileobj)
+            if wait is not None:
+                self.poller.arm("wait", wait, _nothing)  # once() returns by then
+            self.poller.once()
+            self.poller.cancel("wait")
         return True
+
+    def _on_error(self, e: BaseException) -> None:
+        """A part of the monitor failed in the loop: say so; the container goes on."""
+        print(f"sdshim-conmon monitor: {e!r}", file=sys.stderr)
 
     # --- output -------------------------------------------------------------------
 
@@ -519,6 +525,13 @@ class Monitor:
 
     def finish(self) -> int:
         self.drain()
+        if any(driver == "journald" for driver, _ in self.opts.logs()):
+            # Every line is in the journal before the exit file says the container ended.
+            from sdshim.shim.journal import synchronize
+
+            synced: list[bool] = []
+            synchronize(self.poller, synced.append)
+            self.loop_until(lambda: bool(synced), 6.0)
         for sink in self.sinks:
             try:
                 sink.close()
@@ -657,6 +670,10 @@ def _subreaper() -> None:
 
 
 def _noop(_signum: int, _frame: object) -> None:
+    pass
+
+
+def _nothing() -> None:
     pass
 
 

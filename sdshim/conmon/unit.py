@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import re
 
-from sdshim.units.connection import BusCallError
+from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.spec import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
-from sdshim.units.systemd1 import UNIT_EXISTS, BlockingSystemd
+from sdshim.units.systemd1 import (
+    START_TRANSIENT,
+    UNIT,
+    UNIT_EXISTS,
+    BusCallError,
+    Job,
+    manager_call,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from sdshim.units.spec import Property
 
 PREFIX = "sdshim-podman-"
 SUFFIX = ".service"
-DEFAULT_SLICE = "machine.slice"  # podman's default cgroup parent
+DEFAULT_SLICE = "machine.slice"
+MAX_GENERATIONS = 8  # podman's default cgroup parent
 _UNIT_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _SLICE = re.compile(r"[A-Za-z0-9_.-]+\.slice")
 
@@ -70,32 +78,48 @@ def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
     ]
 
 
-def start(unit: str, props: list[Property]) -> BlockingSystemd:
-    """Start the unit; the connection, kept for stop() on a failed hand-over."""
+def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
+          ) -> tuple[BlockingSystemd, str]:
+    """Start the container's unit; the connection (kept for stop() on a failed
+    hand-over) and the unit's name.
+
+    The name is unit_name(). If a unit of that name is still there for this very
+    container, its monitor is finishing: it runs podman's exit command (`podman
+    container cleanup`), and that is what restarts a container with a restart policy,
+    through a new monitor, while the old unit is still active. That instance gets
+    `sdshim-podman-NAME:N.service` (':' never occurs in podman's names). A unit of
+    that name for another container is refused, clearly.
+    """
     systemd = BlockingSystemd.connect()
+    base = unit_name(name, cid)
     try:
-        result = systemd.start_transient(unit, props, timeout=60)
-    except BusCallError as e:
-        systemd.conn.close()
-        if e.name == UNIT_EXISTS:
-            raise UnitError(f"unit {unit} exists already: another container of that name "
-                            "is running on sdshim (stop it, or podman rename one of "
-                            "them)") from None
-        raise UnitError(f"systemd refused to start {unit}: {e}") from None
+        for generation in range(1, MAX_GENERATIONS + 1):
+            unit = base if generation == 1 else base.replace(SUFFIX, f":{generation}{SUFFIX}")
+            job = Job(manager_call(
+                "StartTransientUnit", START_TRANSIENT,
+                [unit, "fail", [(n, (sig, v)) for n, sig, v in props_for(unit)], []],
+                purpose=f"systemd to start {unit}", hint=f"see `systemctl status {unit}`"))
+            try:
+                systemd.run_job(job, timeout=60)
+            except BusCallError as e:
+                if e.name != UNIT_EXISTS:
+                    raise UnitError(f"systemd refused to start {unit}: {e}") from None
+                props = systemd.unit_properties(unit, UNIT) or {}
+                if f"({cid[:12]})" not in str(props.get("Description", "")):
+                    raise UnitError(f"unit {unit} exists already: another container of "
+                                    "that name is running on sdshim (stop it, or podman "
+                                    "rename one of them)") from None
+                continue  # this container's previous monitor, finishing
+            if not job.ok:
+                raise UnitError(f"{unit} did not start (job {job.result}); see "
+                                f"journalctl -u {unit}")
+            return systemd, unit
+        raise UnitError(f"{MAX_GENERATIONS} monitors of container {name} are still "
+                        f"finishing; see systemctl list-units '{base[:-len(SUFFIX)]}*'")
     except BaseException:
         systemd.conn.close()
         raise
-    if result != "done":
-        systemd.conn.close()
-        raise UnitError(f"{unit} did not start (job {result}); see journalctl -u {unit}")
-    return systemd
 
 
 def stop(systemd: BlockingSystemd, unit: str) -> None:
-    from sdshim.units.systemd1 import MANAGER, SYSTEMD, SYSTEMD_PATH
-
-    try:
-        systemd.conn.call(SYSTEMD_PATH, MANAGER, "StopUnit", "ss", [unit, "replace"],
-                          destination=SYSTEMD)
-    except Exception:
-        pass  # gone already
+    systemd.stop(unit)
