@@ -207,6 +207,9 @@ def check(opts: Options) -> None:
     if opts.exec and not opts.exec_process_spec:
         raise UsageError("[conmon:e] Exec process spec path not provided. Use "
                          "--exec-process-spec")
+    if opts.restore:
+        raise UsageError("[conmon:e]: --restore (podman container restore) is not "
+                         "supported by sdshim-conmon; use conmon for checkpointed containers")
     logs = opts.logs()
     if any(d == "passthrough" for d, _ in logs) and any(posix.isatty(fd) for fd in (0, 1, 2)):
         raise UsageError("[conmon:e]: cannot use a tty with passthrough logging")
