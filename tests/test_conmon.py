@@ -67,7 +67,7 @@ def test_required_options_in_conmons_order() -> None:
         options.check(options.parse(["-c", "x", "-u", "x", "-r", "/no/such"]))
     with pytest.raises(options.UsageError, match="Log driver not provided"):
         options.check(options.parse(["-c", "x", "-u", "x", "-r", "/bin/true"]))
-    with pytest.raises(options.UsageError, match="--restore .* is not supported"):
+    with pytest.raises(options.UsageError, match=r"--restore .* is not supported"):
         options.check(options.parse(["-c", "x", "-u", "x", "-r", "/bin/true", "-l", "none",
                                      "--restore", "/b/checkpoint"]))
 
