@@ -166,6 +166,9 @@ def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
     assert f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}" in environ.split("\0")
     cgroup = bed.read(f"/proc/{pid}/cgroup")
     assert f"{show['ControlGroup']}/container" in cgroup, cgroup
+    # sdshim's own commands leave podman's containers to podman (docs/conmon.md)
+    listed = bed.run([sys.executable, "-m", "sdshim", "list", "--json"])
+    assert listed.returncode == 0 and name.encode() not in listed.stdout, listed
     top = podman("sdshim", "top", name)
     assert top.returncode == 0 and b"sleep 1000" in top.stdout, top
     out = podman("sdshim", "rm", "-f", "-t", "0", name)
