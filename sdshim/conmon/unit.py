@@ -69,6 +69,11 @@ def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
         ("CollectMode", "s", "inactive-or-failed"),
         # SIGTERM to the monitor, which forwards it; SIGKILL for all after the timeout.
         ("KillMode", "s", "mixed"),
+        # The unit ends when its cgroup is empty, not when the monitor exits: podman's
+        # exit command (run by the monitor, in this cgroup, as conmon runs it in its
+        # scope) restarts containers with a restart policy and starts their slirp4netns
+        # and rootlessport here; ending the unit with the monitor would kill those.
+        ("ExitType", "s", "cgroup"),
         ("SyslogIdentifier", "s", "sdshim-conmon"),
         ("LogRateLimitIntervalUSec", "t", LOG_RATE_INTERVAL_USEC),
         ("LogRateLimitBurst", "u", LOG_RATE_BURST_UNLIMITED),
@@ -87,14 +92,15 @@ def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
     container, its monitor is finishing: it runs podman's exit command (`podman
     container cleanup`), and that is what restarts a container with a restart policy,
     through a new monitor, while the old unit is still active. That instance gets
-    `sdshim-podman-NAME:N.service` (':' never occurs in podman's names). A unit of
-    that name for another container is refused, clearly.
+    `sdshim-podman-NAME@N.service`: '@' never occurs in podman's names (and ':' would
+    break podman's reading of /proc/PID/cgroup). A unit of that name for another
+    container is refused, clearly.
     """
     systemd = BlockingSystemd.connect()
     base = unit_name(name, cid)
     try:
         for generation in range(1, MAX_GENERATIONS + 1):
-            unit = base if generation == 1 else base.replace(SUFFIX, f":{generation}{SUFFIX}")
+            unit = base if generation == 1 else base.replace(SUFFIX, f"@{generation}{SUFFIX}")
             job = Job(manager_call(
                 "StartTransientUnit", START_TRANSIENT,
                 [unit, "fail", [(n, (sig, v)) for n, sig, v in props_for(unit)], []],
