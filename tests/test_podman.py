@@ -129,21 +129,25 @@ def test_detached_lifecycle(podman: Podman) -> None:
         r.append(podman(m, "logs", n))
         r.append(podman(m, "exec", n, "sh", "-c", "echo in-exec; echo e >&2; exit 5"))
         r.append(podman(m, "exec", "-i", n, "cat", input=b"piped\n"))
+        r.append(podman(m, "exec", "-d", n, "sh", "-c", "echo detached > /tmp/d"))
+        r.append(podman(m, "exec", n, "sh", "-c", "sleep 0.5; cat /tmp/d"))
         r.append(podman(m, "inspect", "-f", "{{.State.Status}} {{.State.Running}}", n))
         r.append(podman(m, "stop", "-t", "10", n))
         r.append(podman(m, "wait", n))
         r.append(podman(m, "inspect", "-f", "{{.State.ExitCode}} {{.State.Status}}", n))
         r.append(podman(m, "logs", n))
     for a, b in zip(results["conmon"], results["sdshim"], strict=True):
-        assert (b.returncode, b.stdout.replace(names["sdshim"].encode(), b"N")) == \
-            (a.returncode, a.stdout.replace(names["conmon"].encode(), b"N")), \
+        assert (b.returncode, _ids(b.stdout.replace(names["sdshim"].encode(), b"N"))) == \
+            (a.returncode, _ids(a.stdout.replace(names["conmon"].encode(), b"N"))), \
             (a.args[5:], a.stderr.decode(), b.stderr.decode())
     logs = results["sdshim"][-1]
     assert logs.stdout == b"started\nbye\n" and logs.stderr == b"warn\n"
     assert results["sdshim"][1].returncode == 5
     assert results["sdshim"][1].stdout == b"in-exec\n"
     assert results["sdshim"][2].stdout == b"piped\n"
-    assert results["sdshim"][6].stdout == b"7 exited\n"
+    assert len(results["sdshim"][3].stdout) == 65  # exec -d: the session's id
+    assert results["sdshim"][4].stdout == b"detached\n"
+    assert results["sdshim"][8].stdout == b"7 exited\n"
     for m, n in names.items():
         assert podman(m, "rm", n).returncode == 0
 
