@@ -154,7 +154,11 @@ def test_detached_lifecycle(podman: Podman) -> None:
 
 def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
     name = f"pt-svc-{secrets.token_hex(3)}"
-    out = podman("sdshim", "run", "-d", "--name", name, *NONET, IMG, "sleep", "1000")
+    # under chroot --groups, as podman's keep-groups test: the monitor (and so the
+    # runtime) gets podman's supplementary groups, which a service does not inherit
+    out = bed.run(["chroot", "--groups", "1234,5678", "/", "podman", "--conmon",
+                   podman.monitors["sdshim"], "run", "-d", "--name", name, *NONET, IMG,
+                   "sleep", "1000"], env=podman.env)
     assert out.returncode == 0, out.stderr
     unit = f"sdshim-podman-{name}.service"
     show = bed.show(unit, "ActiveState", "MainPID", "ControlGroup", "Delegate")
@@ -166,6 +170,9 @@ def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
     assert int(show["MainPID"]) == conmon_pid
     exe = bed.run(["readlink", f"/proc/{conmon_pid}/exe"]).stdout.decode().strip()
     assert exe.endswith("/conmon"), exe
+    groups = [line for line in bed.read(f"/proc/{conmon_pid}/status").splitlines()
+              if line.startswith("Groups:")]
+    assert groups and groups[0].split()[1:] == ["1234", "5678"], groups
     environ = bed.read(f"/proc/{conmon_pid}/environ")
     assert f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}" in environ.split("\0")
     cgroup = bed.read(f"/proc/{pid}/cgroup")

@@ -138,7 +138,12 @@ def launch(opts: options.Options, argv: list[str]) -> int:
                 break
             conn.close()  # not our monitor: ignore it
             sock.settimeout(max(0.1, deadline - time.monotonic()))
-        handover.send(conn, {"argv": argv, "env": env, "cwd": cwd, "unit": unit}, fds)
+        # What a started service does not inherit from podman but the runtime must
+        # (`--group-add keep-groups` keeps podman's supplementary groups).
+        umask = posix.umask(0o022)
+        posix.umask(umask)
+        handover.send(conn, {"argv": argv, "env": env, "cwd": cwd, "unit": unit,
+                             "groups": posix.getgroups(), "umask": umask}, fds)
         handover.wait_ack(conn, HANDOVER_TIMEOUT)
         conn.close()
     except (handover.HandoverError, OSError) as e:

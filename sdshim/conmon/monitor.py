@@ -704,6 +704,12 @@ def main(argv: list[str]) -> int:
         posix.chdir(payload.get("cwd") or "/")
     except OSError:
         pass
+    try:
+        posix.setgroups([int(g) for g in payload.get("groups", [])])
+        posix.umask(int(payload.get("umask", 0o022)))
+    except (OSError, ValueError) as e:
+        print(f"sdshim-conmon monitor: cannot take podman's groups/umask: {e}",
+              file=sys.stderr)
     opts = options.parse(payload["argv"])
     sock.send(handover.ACK)
     sock.close()
