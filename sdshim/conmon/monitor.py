@@ -18,7 +18,7 @@ import time
 
 from sdshim import leanjson, leanos, spawn
 from sdshim.conmon import exitfile, handover, options, syncpipe
-from sdshim.conmon.attach import STDERR, STDOUT, AttachServer
+from sdshim.conmon.attach import STDERR, STDOUT, AttachServer, bind_long
 from sdshim.conmon.ctl import ControlFifo
 from sdshim.shim.journal import LineSplitter
 from sdshim.shim.poller import EVENT_READ, EVENT_WRITE, Poller
@@ -401,7 +401,7 @@ class Monitor:
         except FileNotFoundError:
             pass
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-        sock.bind(path)
+        bind_long(sock, directory, "notify.sock")  # podman's bundle paths are long
         posix.chmod(path, 0o777)
         sock.setblocking(False)
         out = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
