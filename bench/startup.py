@@ -56,15 +56,17 @@ def exec_to_ready_ms(unit: str) -> float:
             - int(props["ExecMainStartTimestampMonotonic"])) / 1000
 
 
-def podman_run(scratch: Path) -> Timed:
+def podman_run(scratch: Path, conmon: str = "") -> Timed:
+    """`podman run -d`; with conmon, that program as podman's conmon (`--conmon`)."""
     env = common.podman_env(scratch)
     common.podman_image(scratch, env)
+    select = ["--conmon", conmon] if conmon else []
 
     def once(i: int) -> float:
         name = f"bench-{i}-{secrets.token_hex(3)}"
         t0 = time.perf_counter()
-        spawn.run(["podman", "run", "-d", "--network", "none", "--name", name, common.IMAGE,
-                   *common.IDLE_ARGS], env=env, timeout=60)
+        spawn.run(["podman", *select, "run", "-d", "--network", "none", "--name", name,
+                   common.IMAGE, *common.IDLE_ARGS], env=env, timeout=60)
         elapsed = common.ms_since(t0)
         spawn.run(["podman", "rm", "--force", "--time", "0", name], env=env, timeout=60)
         return elapsed
@@ -125,6 +127,9 @@ def measure(scratch: Path, runs: int, only: list[str] | None = None) -> dict[str
         "sdshim": sdshim_run(scratch, ready, cli, env),
         "sdshim-zero": sdshim_run(scratch, zero_ready, cli, env, ZERO),
         "podman": podman_run(scratch),
+        # sdshim-conmon as installed (console script of the same regular install)
+        "podman-sdshim": podman_run(scratch, str(common.installed_python(scratch)
+                                                 .with_name("sdshim-conmon"))),
         "conmon": conmon_run(scratch, sync),
         "runc": runc_floor(scratch),
         "systemd-run": systemd_run_floor(scratch),

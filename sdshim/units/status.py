@@ -88,10 +88,15 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
     return info
 
 
+PODMAN_UNIT_PREFIX = "sdshim-podman-"  # sdshim.conmon.unit.PREFIX (not imported: lean)
+
+
 def names(units: Iterable[str]) -> list[str]:
     """Every container's name: from its loaded unit (units: ListUnitsByPatterns of
     UNIT_PATTERN) or its records."""
-    found = {n for n in (naming.name_from_unit(u) for u in units) if n}
+    # sdshim-podman-*.service are podman's containers on sdshim-conmon: podman's to list
+    found = {n for n in (naming.name_from_unit(u) for u in units
+                         if not u.startswith(PODMAN_UNIT_PREFIX)) if n}
     if records.RUN_DIR.is_dir():
         found.update(p.name for p in records.RUN_DIR.iterdir()
                      if naming.NAME_RE.fullmatch(p.name))

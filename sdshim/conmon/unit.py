@@ -1,0 +1,131 @@
+"""The transient service a podman container's monitor runs as.
+
+Named `sdshim-podman-<name>.service` (podman's container names are valid in unit
+names; a name systemd would escape is replaced by the short id), so `systemctl status
+sdshim-podman-web` shows the container, its memory, its processes and, while it runs,
+how it ended. The container's processes live in the unit's own cgroup leaf
+(`container/`), the monitor in `supervisor/` (see sdshim.shim.cgroup).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sdshim.units.blockingbus import BlockingSystemd
+from sdshim.units.spec import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
+from sdshim.units.systemd1 import (
+    START_TRANSIENT,
+    UNIT,
+    UNIT_EXISTS,
+    BusCallError,
+    Job,
+    manager_call,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from sdshim.units.spec import Property
+
+PREFIX = "sdshim-podman-"
+SUFFIX = ".service"
+DEFAULT_SLICE = "machine.slice"
+MAX_GENERATIONS = 8  # podman's default cgroup parent
+_UNIT_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_SLICE = re.compile(r"[A-Za-z0-9_.-]+\.slice")
+
+
+class UnitError(Exception):
+    pass
+
+
+def unit_name(name: str | None, cid: str) -> str:
+    base = name if name and _UNIT_SAFE.fullmatch(name) else cid[:12]
+    return f"{PREFIX}{base}{SUFFIX}"
+
+
+def slice_of(cgroups_path: str) -> str:
+    """The slice of podman's systemd cgroupsPath (`machine.slice:libpod:ID`)."""
+    first = cgroups_path.split(":", 1)[0] if ":" in cgroups_path else ""
+    return first if _SLICE.fullmatch(first) else DEFAULT_SLICE
+
+
+def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
+               env: Sequence[str], cwd: str) -> list[Property]:
+    return [
+        ("Description", "s", f"podman container {name} ({cid[:12]})"),
+        ("Slice", "s", slice_),
+        ("Type", "s", "exec"),
+        ("Delegate", "b", True),
+        # In the unit's own mask, not only delegated: on cgroup v1 systemd trims a
+        # hierarchy it no longer needs in the slice (another container's scope went,
+        # taking blkio with it) and `runc exec` then finds no container/ leaf there.
+        ("IOAccounting", "b", True),
+        ("MemoryAccounting", "b", True),
+        ("TasksAccounting", "b", True),
+        # Gone once it ends, whatever its status: the next container of that name (a
+        # podman restart, a new run) gets the name again. podman keeps the exit code.
+        ("CollectMode", "s", "inactive-or-failed"),
+        # SIGTERM to the monitor, which forwards it; SIGKILL for all after the timeout.
+        ("KillMode", "s", "mixed"),
+        # The unit ends when its cgroup is empty, not when the monitor exits: podman's
+        # exit command (run by the monitor, in this cgroup, as conmon runs it in its
+        # scope) restarts containers with a restart policy and starts their slirp4netns
+        # and rootlessport here; ending the unit with the monitor would kill those.
+        ("ExitType", "s", "cgroup"),
+        ("SyslogIdentifier", "s", "sdshim-conmon"),
+        ("LogRateLimitIntervalUSec", "t", LOG_RATE_INTERVAL_USEC),
+        ("LogRateLimitBurst", "u", LOG_RATE_BURST_UNLIMITED),
+        ("Environment", "as", [*env, f"SDSHIM_CONTAINER={cid}"]),
+        ("WorkingDirectory", "s", cwd),
+        ("ExecStart", "a(sasb)", [[argv[0], list(argv), False]]),
+    ]
+
+
+def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
+          ) -> tuple[BlockingSystemd, str]:
+    """Start the container's unit; the connection (kept for stop() on a failed
+    hand-over) and the unit's name.
+
+    The name is unit_name(). If a unit of that name is still there for this very
+    container, its monitor is finishing: it runs podman's exit command (`podman
+    container cleanup`), and that is what restarts a container with a restart policy,
+    through a new monitor, while the old unit is still active. That instance gets
+    `sdshim-podman-NAME@N.service`: '@' never occurs in podman's names (and ':' would
+    break podman's reading of /proc/PID/cgroup). A unit of that name for another
+    container is refused, clearly.
+    """
+    systemd = BlockingSystemd.connect()
+    base = unit_name(name, cid)
+    try:
+        for generation in range(1, MAX_GENERATIONS + 1):
+            unit = base if generation == 1 else base.replace(SUFFIX, f"@{generation}{SUFFIX}")
+            job = Job(manager_call(
+                "StartTransientUnit", START_TRANSIENT,
+                [unit, "fail", [(n, (sig, v)) for n, sig, v in props_for(unit)], []],
+                purpose=f"systemd to start {unit}", hint=f"see `systemctl status {unit}`"))
+            try:
+                systemd.run_job(job, timeout=60)
+            except BusCallError as e:
+                if e.name != UNIT_EXISTS:
+                    raise UnitError(f"systemd refused to start {unit}: {e}") from None
+                props = systemd.unit_properties(unit, UNIT) or {}
+                if f"({cid[:12]})" not in str(props.get("Description", "")):
+                    raise UnitError(f"unit {unit} exists already: another container of "
+                                    "that name is running on sdshim (stop it, or podman "
+                                    "rename one of them)") from None
+                continue  # this container's previous monitor, finishing
+            if not job.ok:
+                raise UnitError(f"{unit} did not start (job {job.result}); see "
+                                f"journalctl -u {unit}")
+            return systemd, unit
+        raise UnitError(f"{MAX_GENERATIONS} monitors of container {name} are still "
+                        f"finishing; see systemctl list-units '{base[:-len(SUFFIX)]}*'")
+    except BaseException:
+        systemd.conn.close()
+        raise
+
+
+def stop(systemd: BlockingSystemd, unit: str) -> None:
+    systemd.stop(unit)
