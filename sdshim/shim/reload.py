@@ -1,0 +1,99 @@
+"""Reloading a container: `--reload-signal SIG`, ExecReload= and the control socket.
+
+systemd 252 has no Type=notify-reload: `systemctl reload` runs ExecReload=, here
+`__main__.py reload NAME` (main below), and the reload lasts as long as it runs. It
+asks the monitor ({"op": "reload"}), which sends the container its reload signal and,
+with `--sdnotify container`, answers only once the container has said RELOADING=1 and
+then READY=1 (the notify proxy passes both on to systemd too). So `systemctl reload`
+and `sdshim reload` return when the container is done reloading, and the unit shows
+"reloading" meanwhile. A container that never says READY=1 again fails the reload at
+the unit's TimeoutStartSec, when systemd kills this client.
+"""
+
+from __future__ import annotations
+
+import _socket
+import sys
+
+from sdshim import leanjson, rundir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class Reloads:
+    """The monitor's side: reload requests waiting for the container."""
+
+    def __init__(self, signum: int, wait_ready: bool) -> None:
+        self.signum = signum
+        self.wait_ready = wait_ready
+        self.waiting: list[_socket.socket] = []
+        self.reloading = False  # RELOADING=1 seen since the signal
+
+    def request(self, conn: _socket.socket, deliver: Callable[[int], None],
+                running: bool) -> dict[str, object] | None:
+        """The answer now, or None: conn is answered later (done() or finish())."""
+        if not running:
+            return {"ok": False, "error": "container is not running"}
+        deliver(self.signum)
+        if not self.wait_ready:
+            return {"ok": True}
+        if not self.waiting:
+            self.reloading = False
+        self.waiting.append(conn)
+        return None
+
+    def notified(self, fields: dict[str, str]) -> None:
+        """A datagram from the container, validated by the notify proxy."""
+        if fields.get("RELOADING") == "1":
+            self.reloading = True
+        elif fields.get("READY") == "1" and self.reloading:
+            self.reloading = False
+            self._answer({"ok": True})
+
+    def finish(self) -> None:
+        self._answer({"ok": False, "error": "the container exited while reloading"})
+
+    def _answer(self, reply: dict[str, object]) -> None:
+        data = leanjson.dumps(reply).encode() + b"\n"
+        for conn in self.waiting:
+            try:
+                conn.sendall(data)
+            except OSError:
+                pass
+            conn.close()
+        self.waiting.clear()
+
+
+def main(argv: list[str]) -> int:
+    """ExecReload=: `__main__.py reload NAME`."""
+    if len(argv) != 1:
+        print("usage: sdshim-monitor reload NAME", file=sys.stderr)
+        return 2
+    path = rundir.container_dir(argv[0]) + "/control"
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        sock.sendall(b'{"op": "reload"}')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        print(f"sdshim: cannot reload container {argv[0]}: no monitor at {path}: {e}",
+              file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    try:
+        reply = leanjson.loads(data.decode())
+    except ValueError:
+        reply = {"ok": False, "error": "the monitor closed the connection without an answer"}
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else reply
+        print(f"sdshim: reloading container {argv[0]} failed: {error}", file=sys.stderr)
+        return 1
+    return 0
