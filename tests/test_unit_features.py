@@ -28,6 +28,14 @@ from tests.test_container import one_line_error, status, wait_state
 SERVE = ("/bin/sdunit", "serve")
 
 
+def needs_notify_proxy() -> None:
+    """--sdnotify container (the monitor's notify proxy, the other half of issue 13)."""
+    from sdshim.shim import options
+
+    if "--sdnotify" not in options.OPTIONS:
+        missing("the notify proxy (--sdnotify container) in the monitor")
+
+
 def connect(bed: Bed, path: str, timeout: float = 60) -> str:
     """One connection to the unix stream socket at path (in the bed); what it answered."""
     code = (f"import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout({timeout}); "
@@ -486,6 +494,7 @@ def test_template_reload_without_a_reload_signal_fails_saying_so(
 
 def test_watchdog_keepalives_reach_systemd_and_silence_restarts_the_container(
         bed: Bed, name: str, make_bundle: Any, sdunit: str) -> None:
+    needs_notify_proxy()
     # 12 keep-alives at WATCHDOG_USEC/4 (6 s: three times the watchdog), then silence.
     bundle = make_bundle(sdunit, "watchdog", "12")
     out = bed.sdshim("run", "-d", "--name", name, "--sdnotify", "container",
@@ -513,6 +522,7 @@ def test_watchdog_keepalives_reach_systemd_and_silence_restarts_the_container(
 
 def test_template_watchdog_with_restart_on_watchdog(bed: Bed, name: str, make_bundle: Any,
                                                     sdunit: str, template: Any) -> None:
+    needs_notify_proxy()
     unit = f"sdshim@{name}.service"
     template(unit, f"[Service]\nEnvironment=SDSHIM_BUNDLE={make_bundle(sdunit, 'watchdog', '4')}\n"
                    "Environment=\"SDSHIM_OPTIONS=--sdnotify container --restart on-watchdog "
@@ -532,6 +542,7 @@ def test_template_watchdog_with_restart_on_watchdog(bed: Bed, name: str, make_bu
 
 def test_reload_waits_for_the_containers_ready(bed: Bed, name: str, make_bundle: Any,
                                                sdunit: str) -> None:
+    needs_notify_proxy()
     out = bed.sdshim("run", "-d", "--name", name, "--sdnotify", "container",
                      "--reload-signal", "HUP", str(make_bundle(sdunit, "reload", "1")))
     assert out.returncode == 0, out.stderr
@@ -554,6 +565,7 @@ def test_reload_waits_for_the_containers_ready(bed: Bed, name: str, make_bundle:
 
 def test_watchdog_of_a_created_container_is_kept_by_the_monitor_until_it_starts(
         bed: Bed, name: str, make_bundle: Any, sdunit: str) -> None:
+    needs_notify_proxy()
     out = bed.sdshim("create", "--name", name, "--sdnotify", "container",
                      "-p", "WatchdogSec=1", str(make_bundle(sdunit, "watchdog", "-1")))
     assert out.returncode == 0, out.stderr
@@ -583,3 +595,15 @@ def test_socket_activation_without_a_pid_namespace_is_refused(bed: Bed, name: st
     assert out.returncode == 125
     assert "PID namespace of its own" in one_line_error(out)
     assert units(bed, f"sdshim-{name}.*") == ""
+
+
+def test_template_watchdog_without_notify_proxy_watches_the_monitor(
+        bed: Bed, name: str, make_bundle: Any, template: Any) -> None:
+    unit = f"sdshim@{name}.service"
+    template(unit, f"[Service]\nEnvironment=SDSHIM_BUNDLE={make_bundle('sleep', '60')}\n"
+                   "WatchdogSec=1\n")
+    assert bed.run(["systemctl", "start", unit]).returncode == 0
+    time.sleep(4)  # four watchdog periods: the monitor keeps it
+    props = bed.show(unit, "ActiveState", "NRestarts", "Result")
+    assert props == {"ActiveState": "active", "NRestarts": "0", "Result": "success"}, props
+    assert status(bed, name)["state"] == "running"

@@ -23,26 +23,28 @@ if TYPE_CHECKING:
 
 
 class Reloads:
-    """The monitor's side: reload requests waiting for the container."""
+    """The monitor's side: reload requests ({"op": "reload"} on the control socket)
+    waiting for the container. reply(ident, answer) answers one (the control server's)."""
 
-    def __init__(self, signum: int, wait_ready: bool) -> None:
+    def __init__(self, signum: int, wait_ready: bool,
+                 reply: Callable[[int, dict[str, object]], None]) -> None:
         self.signum = signum
         self.wait_ready = wait_ready
-        self.waiting: list[_socket.socket] = []
+        self.reply = reply
+        self.waiting: list[int] = []  # the requests' connections, to answer
         self.reloading = False  # RELOADING=1 seen since the signal
 
-    def request(self, conn: _socket.socket, deliver: Callable[[int], None],
-                running: bool) -> dict[str, object] | None:
-        """The answer now, or None: conn is answered later (done() or finish())."""
+    def request(self, ident: int, deliver: Callable[[int], None], running: bool) -> None:
         if not running:
-            return {"ok": False, "error": "container is not running"}
+            self.reply(ident, {"ok": False, "error": "container is not running"})
+            return
         deliver(self.signum)
         if not self.wait_ready:
-            return {"ok": True}
+            self.reply(ident, {"ok": True})
+            return
         if not self.waiting:
             self.reloading = False
-        self.waiting.append(conn)
-        return None
+        self.waiting.append(ident)
 
     def notified(self, fields: dict[str, str]) -> None:
         """A datagram from the container, validated by the notify proxy."""
@@ -55,15 +57,10 @@ class Reloads:
     def finish(self) -> None:
         self._answer({"ok": False, "error": "the container exited while reloading"})
 
-    def _answer(self, reply: dict[str, object]) -> None:
-        data = leanjson.dumps(reply).encode() + b"\n"
-        for conn in self.waiting:
-            try:
-                conn.sendall(data)
-            except OSError:
-                pass
-            conn.close()
-        self.waiting.clear()
+    def _answer(self, answer: dict[str, object]) -> None:
+        waiting, self.waiting = self.waiting, []
+        for ident in waiting:
+            self.reply(ident, answer)
 
 
 def main(argv: list[str]) -> int:
