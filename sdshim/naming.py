@@ -16,6 +16,11 @@ _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quie
 _NOUNS = ("ant", "bee", "cod", "elk", "fox", "gnu", "owl", "ram", "yak", "wren")
 
 
+def template_unit_name(name: str) -> str:
+    """The unit of a boot container: an instance of systemd/sdshim@.service."""
+    return f"sdshim@{name}.service"
+
+
 def validate_name(name: str) -> str:
     """Return name if systemd and the runtime both accept it unescaped; raise otherwise."""
     if not NAME_RE.fullmatch(name) or name.endswith(".") or ".." in name:

@@ -332,6 +332,11 @@ def _init(name: str, staging: str, shares: list[str]) -> None:
     os.chdir("/")
     spawn.run(["umount", "-l", "/.oldroot"])
     os.rmdir("/.oldroot")
+    # Shared propagation inside the box, as systemd sets up on a host (it does not in
+    # a container): mounts a unit's helper makes in a namespace of its own, such as the
+    # credentials systemd moves to /run/credentials/UNIT, must reach the box's root.
+    # These peer groups are the box's own: nothing propagates to the host.
+    spawn.run(["mount", "--make-rshared", "/"])
     env = {"container": "sdshim-testbed", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     os.execve("/lib/systemd/systemd",
               ["/lib/systemd/systemd", "--system", "--unit=basic.target"], env)

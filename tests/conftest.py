@@ -176,6 +176,24 @@ def sdhelper(bed: Bed) -> str:
     return "/bin/sdhelper"
 
 
+@pytest.fixture
+def sdunit(bed: Bed) -> str:
+    """/bin/sdunit in the shared rootfs: tests/helpers/sdunit.c, built static (watchdog
+    keep-alives, a socket-activated server, reload on a signal); its path in there."""
+    target = shared_rootfs(bed) / "bin/sdunit"
+    if not target.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            missing("a C compiler (cc) for tests/helpers/sdunit.c")
+        built = subprocess.run([str(cc), "-static", "-O2", "-o", str(target) + ".tmp",
+                                str(REPO / "tests/helpers/sdunit.c")],
+                               capture_output=True, check=False)
+        if built.returncode != 0:
+            missing(f"static build of sdunit.c: {built.stderr.decode()[-300:]}")
+        Path(str(target) + ".tmp").rename(target)
+    return "/bin/sdunit"
+
+
 TEMPLATE_UNIT = "/etc/systemd/system/sdshim@.service"
 
 

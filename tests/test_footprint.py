@@ -37,7 +37,7 @@ SDSHIM_ALLOWED = {
     "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.leanos", "sdshim.privapi",
     "sdshim.rundir", "sdshim.signals", "sdshim.spawn",
     "sdshim.shim", "sdshim.shim.attach", "sdshim.shim.cgroup", "sdshim.shim.container",
-    "sdshim.shim.control", "sdshim.shim.framing", "sdshim.shim.journal",
+    "sdshim.shim.control", "sdshim.shim.inherited", "sdshim.shim.framing", "sdshim.shim.journal",
     "sdshim.shim.lifecycle", "sdshim.shim.listener", "sdshim.shim.monitor",
     "sdshim.shim.notify", "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output",
     "sdshim.shim.poller", "sdshim.shim.reaper", "sdshim.shim.runtime", "sdshim.shim.stdio",

@@ -30,7 +30,8 @@ SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
               "DEBIAN_FRONTEND": "noninteractive"}
 BUILD_TOOLS = ("make", "dpkg-buildpackage", "dh_python3", "lintian", "rpmbuild", "rpm")
 DEB_FILES = ("/usr/bin/sdshim", "/lib/systemd/system/sdshim.slice",
-             "/lib/systemd/system/sdshim@.service", "/usr/lib/tmpfiles.d/sdshim.conf",
+             "/lib/systemd/system/sdshim@.service", "/lib/systemd/system/sdshim@.socket",
+             "/usr/lib/tmpfiles.d/sdshim.conf",
              "/usr/share/man/man1/sdshim.1.gz", "/usr/share/bash-completion/completions/sdshim",
              "/usr/lib/python3/dist-packages/sdshim/shim/monitor.py", "/var/lib/sdshim/bundles")
 SYSTEM_SITE = "/usr/lib/python3/dist-packages/"
@@ -184,7 +185,8 @@ def test_rpm_has_the_debs_contents_and_requirements(packages: Packages) -> None:
     files = subprocess.run(["rpm", "-qlp", str(packages.rpm)], capture_output=True,
                            text=True, check=True).stdout.split()
     for path in ("/usr/bin/sdshim", "/usr/lib/systemd/system/sdshim.slice",
-                 "/usr/lib/systemd/system/sdshim@.service", "/usr/lib/tmpfiles.d/sdshim.conf",
+                 "/usr/lib/systemd/system/sdshim@.service",
+                 "/usr/lib/systemd/system/sdshim@.socket", "/usr/lib/tmpfiles.d/sdshim.conf",
                  "/usr/share/man/man1/sdshim.1", "/usr/share/bash-completion/completions/sdshim",
                  "/var/lib/sdshim/bundles"):
         assert any(f.startswith(path) for f in files), (path, files)

@@ -20,6 +20,11 @@ if not __package__:
     here = __file__ if __file__.startswith("/") else f"{posix.getcwd()}/{__file__}"
     sys.path.append(here.rsplit("/", 3)[0])  # <dir>/sdshim/shim/__main__.py
 
+if sys.argv[1:2] == ["reload"]:  # ExecReload= (see sdshim.shim.reload)
+    from sdshim.shim.reload import main as reload
+
+    sys.exit(reload(sys.argv[2:]))
+
 argv = sys.argv[1:]
 if "--stop-post" in argv:
     from sdshim.shim import stoppost
@@ -50,5 +55,6 @@ else:
     life = ContainerLifecycle(
         opts.name, start=opts.start, run_detached=places_processes(opts.runtime),
         restart=opts.restart, stop_signal=opts.stop_signal, stop_timeout=opts.stop_timeout,
+        watchdog=b"WATCHDOG_USEC" in posix.environ,
         ready_by_monitor=opts.sdnotify == "monitor", ready_timeout=opts.ready_timeout)
 sys.exit(monitor.main(opts, life))

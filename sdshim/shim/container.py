@@ -14,6 +14,7 @@ state does not allow is refused with the state's name.
 
 from __future__ import annotations
 
+from sdshim import signals
 from sdshim.errors import EXIT_NO_RESTART
 from sdshim.shim import runtime
 from sdshim.shim.lifecycle import (
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 CREATING = "creating"  # the runtime's create (or run --detach) is under way
 CREATED = "created"  # the init waits for start (sdshim create)
+WATCHDOG_SIGNAL = signals.number("SIGABRT")  # systemd's WatchdogSignal= default
 STARTING = "starting"  # runc start under way, or the command not yet exec'd
 RUNNING = "running"
 STOPPING = "stopping"  # the stop signal is sent; SIGKILL when the timer fires
@@ -66,12 +68,13 @@ EXITED = "exited"  # recorded (Finish returned); nothing more happens
 class ContainerLifecycle:
     def __init__(self, name: str, *, start: bool, run_detached: bool, restart: str,
                  stop_signal: int, stop_timeout: float, ready_by_monitor: bool = True,
-                 ready_timeout: float = 90.0) -> None:
+                 ready_timeout: float = 90.0, watchdog: bool = False) -> None:
         """start: --start (create, then start at once); run_detached: do both with one
         `run --detach` (a runtime that places the process in its cgroup itself).
         ready_by_monitor: READY=1 once the command runs (--sdnotify monitor); else
         once a Ready event comes (container, healthy), and a start request is answered
-        then, or refused after ready_timeout seconds (the unit's TimeoutStartSec)."""
+        then, or refused after ready_timeout seconds (the unit's TimeoutStartSec).
+        watchdog: the unit has WatchdogSec=, so SIGABRT is systemd's watchdog."""
         self.name = name
         self.what = f"Container {name}"
         self.state = "new"
@@ -85,6 +88,8 @@ class ContainerLifecycle:
         self.busy = ""  # the runtime verb under way, if any
         self.start_ident = 0  # the start request to answer once running (0: none)
         self.draining = False  # waiting for the output before deciding how it ended
+        self.watchdog = watchdog
+        self.watchdog_fired = False
         self.ready_by_monitor = ready_by_monitor
         self.ready_timeout = ready_timeout
         self.app_ready = False  # the started container is ready (and systemd was told)
@@ -244,6 +249,8 @@ class ContainerLifecycle:
         assert self.proc.status is not None
         result: dict[str, Any] = exit_result(self.proc.status)
         result.update(self.proc.stop_fields())
+        if self.watchdog_fired:
+            result["watchdog"] = True
         code = int(result["exit_code"])
         # It ran, however briefly: the unit was started (the exit is the record's);
         # unless it had to say it was ready and did not: then the start fails.
@@ -291,6 +298,12 @@ class ContainerLifecycle:
         return []
 
     def _signal(self, signum: int) -> list[Action]:
+        if signum == WATCHDOG_SIGNAL and self.watchdog and self.state not in (EXITING, EXITED):
+            # systemd's watchdog fired (WatchdogSignal=): the abort goes on to the
+            # container (a core dump, if it handles it), SIGKILL after the stop timeout.
+            # Not final: the unit's result is "watchdog", and Restart= applies.
+            self.watchdog_fired = True
+            return self._stop(signum, None)
         if signum in STOP_SIGNALS:
             # SIGTERM is systemd's (and the usual) way to say stop: the container gets
             # its own stop signal. SIGINT and SIGQUIT are passed on as they are.

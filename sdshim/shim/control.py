@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 MAX_REQUEST = 4096
 IDLE_TIMEOUT = 5.0
-OPS = ("start", "kill", "stop")
+OPS = ("start", "kill", "stop", "reload")
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
 

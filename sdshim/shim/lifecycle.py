@@ -403,7 +403,9 @@ def describe(result: dict[str, Any], what: str) -> str:
         text = f"{what} exited with status {result['exit_code']}"
     if result.get("oom_killed"):
         text += " (out of memory)"
-    if result.get("stop_timed_out"):
+    if result.get("watchdog"):
+        text += " (watchdog timeout: no keep-alive in time)"
+    elif result.get("stop_timed_out"):
         text += f" (did not stop on {result['stop_signal']} in time)"
     if result.get("timed_out"):
         text += f" (timed out after {result['timeout']:g}s)"

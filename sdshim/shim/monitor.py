@@ -23,6 +23,7 @@ from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
 from sdshim.privapi import posix, set_child_subreaper, signal_module
 from sdshim.shim import cgroup, journal, lifecycle, oom, options, runtime
 from sdshim.shim.control import ControlServer
+from sdshim.shim.inherited import Inherited, SetupError
 from sdshim.shim.journal import JournalWriter, encode_field
 from sdshim.shim.lifecycle import (
     Action,
@@ -65,7 +66,9 @@ if TYPE_CHECKING:
 
     from sdshim.shim.amendments import Amendments
     from sdshim.shim.healthchecks import HealthChecks
+    from sdshim.shim.lifecycle import Request
     from sdshim.shim.notifyproxy import NotifyPart
+    from sdshim.shim.reload import Reloads
 
     class Lifecycle(Protocol):
         name: str
@@ -80,6 +83,8 @@ else:
     _signal = signal_module()
 
 SIGCHLD = _signal.SIGCHLD
+SIGABRT = _signal.SIGABRT  # systemd's WatchdogSignal=
+WATCHDOG_TIMER = "watchdog"
 # Longest journal entry; longer lines become CONTAINER_PARTIAL_MESSAGE chunks. 256 KiB
 # keeps JSON log lines whole far beyond conmon's 8 KiB and journald's 48 KiB stream
 # LineMax, still fits one datagram under the default wmem_max (2 x 212992 bytes: no
@@ -137,9 +142,17 @@ class Shell:
         self.exit_code = EXIT_RUNTIME
         self.lost_parts: set[str] = set()
         self.terminal_pending: RuntimeDone | None = None
+        # Sockets, credentials, watchdog: what systemd gave us for the container.
+        self.inherited = Inherited.from_environment()
         # What features add to the container's config (environment, mounts), through
-        # amend(), at set-up; None (and not even imported) for containers without any.
+        # amend(), before create; None (and not imported) for containers without any.
         self.amendments: Amendments | None = None
+        self.reloads: Reloads | None = None  # with --reload-signal
+        if getattr(opts, "reload_signal", 0):
+            from sdshim.shim.reload import Reloads
+
+            self.reloads = Reloads(opts.reload_signal, getattr(
+                opts, "sdnotify", "monitor") == "container", self._reply)
         self.notify_part: NotifyPart | None = None  # --sdnotify container
         self.health: HealthChecks | None = None  # --health-cmd
         self.health_restart = False  # unhealthy with --health-on-failure restart
@@ -169,7 +182,7 @@ class Shell:
         self.oom_score_adj = oom.protect_monitor()
         self.wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for sig in (SIGCHLD, *lifecycle.FORWARDED):
+        for sig in (SIGCHLD, SIGABRT, *lifecycle.FORWARDED):
             _signal.signal(sig, _noop)
         self.poller.register(self.wake_r, EVENT_READ, self._on_signal)
         # Signals that arrived before setup() was reached (see main()).
@@ -219,15 +232,47 @@ class Shell:
         self.output.fields = self.fields
 
         self.control = ControlServer(self.poller, self.path("control"),
-                                     self.feed, self.lost)
+                                     self._on_request, self.lost)
         self.stdio.listen()
         if not self.exec_id:
             self._setup_features()
+            if self.notify_part is not None and self.reloads is not None:
+                self.notify_part.hooks.append(self.reloads.notified)
             # Runtime state left by a predecessor in this unit that died (a restart):
             # the runtime would refuse the same id again, and another id would leak it.
             for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
                 if leanos.exists(leanos.join(self.rt.root, cid)):
                     self._delete_now(cid)
+
+    def _on_request(self, request: Request) -> None:
+        """A control request: reload is the shell's (a signal, then the container's
+        word), the rest the lifecycle's."""
+        if request.op != "reload":
+            self.feed(request)
+        elif self.reloads is None:
+            self._reply(request.ident, {"ok": False, "error": (
+                "this container has no reload signal; give it --reload-signal SIGNAL "
+                "(sdshim@.service: in SDSHIM_OPTIONS)")})
+        else:
+            self.reloads.request(request.ident, lambda signum: self.perform(Kill(signum)),
+                                 self.life.state == "running")
+
+    def _reply(self, ident: int, reply: dict[str, Any]) -> None:
+        if self.control is not None:
+            self.control.reply(ident, reply)
+
+    def keep_watchdog(self) -> None:
+        """The unit's watchdog (WatchdogSec=) is the container's to keep with
+        --sdnotify container, once it runs; until then, and in the other modes (where
+        the container has no notify socket: a template drop-in may still set one), the
+        monitor keeps it for itself, so it watches the monitor."""
+        usec = self.inherited.watchdog_usec
+        if not usec.isdigit() or self.life.state in ("exiting", "exited") or (
+                getattr(self.life, "started", False)
+                and getattr(self.opts, "sdnotify", "monitor") == "container"):
+            return
+        self.notifier.send(WATCHDOG=1)
+        self.poller.arm(WATCHDOG_TIMER, int(usec) / 2e6, self.keep_watchdog)
 
     def _setup_features(self) -> None:
         """--sdnotify container, --health-cmd: their code is loaded here, at set-up,
@@ -365,6 +410,7 @@ class Shell:
                 options = self._exec_options()
             else:  # run: created and started by one command, which must not wait
                 options = [*(["--detach"] if verb == "run" else []),
+                           *self.inherited.runtime_options(),
                            "--bundle", self._prepare_bundle()]
             out_w, err_w = self.open_output()
         except (OSError, ValueError) as e:
@@ -381,6 +427,8 @@ class Shell:
             stdin = self.stdio.runtime_stdin()
             self._launch(verb, argv, env=env, stdin=stdin, stdout=out_w, stderr=err_w,
                          preexec=self._join_container() if verb == "exec" else None)
+            if verb != "exec":
+                self.inherited.after_create()  # the runtime has the sockets now
         finally:
             posix.close(out_w)
             posix.close(err_w)
@@ -441,6 +489,12 @@ class Shell:
         bundle = self.opts.bundle
         self.cgroup_path = cgroup.split(self.opts.unit) if self.opts.unit else ""
         config = self.path("bundle")
+        try:
+            self.inherited.amend(self.amend, bundle, unit=self.opts.unit
+                                 or f"sdshim-{self.name}.service", records_dir=self.dir,
+                                 sdnotify=getattr(self.opts, "sdnotify", "monitor"))
+        except SetupError as e:
+            raise ValueError(str(e)) from e
         try:
             runtime.write_config(bundle, config, self.cgroup_path, self.oom_score_adj,
                                  terminal=self.opts.tty, amendments=self.amendments)
@@ -618,6 +672,9 @@ class Shell:
         self.stdio.finish(result, lambda: self._exit(action, result))
 
     def _exit(self, action: Finish, result: dict[str, Any]) -> None:
+        if self.reloads is not None:
+            self.reloads.finish()
+        self.poller.cancel(WATCHDOG_TIMER)
         summary = lifecycle.describe(result, action.what)
         self.notifier.send(STATUS=f"Error: {result['error']}" if result.get("error")
                            else summary)
@@ -698,6 +755,8 @@ class Shell:
             return code
         for action in self.life.begin():
             self.perform(action)
+        if not self.exec_id:
+            self.keep_watchdog()
         freeze_imports()
         self.poller.run()
         return self.exit_code

@@ -55,8 +55,15 @@ def _flag(_value: str) -> bool:
     return True
 
 
+def _signal_value(value: str) -> int:
+    """A signal by number or name (HUP, SIGHUP)."""
+    from sdshim.signals import signal_number
+
+    return signal_number(value)
+
+
 def _restart_policy(value: str) -> str:
-    if value not in ("no", "on-failure", "always"):
+    if value not in ("no", "on-failure", "on-watchdog", "always"):
         raise ValueError(value)
     return value
 
@@ -114,6 +121,7 @@ OPTIONS: dict[str, tuple[Callable[[str], object], object]] = {
     # sdshim: this monitor supervises the container. systemd: hand the unit's main
     # process over to the container's init and exit (sdshim.shim.handoff).
     "--supervisor": (_supervisor, "sdshim"),
+    "--reload-signal": (_signal_value, 0),  # what a reload sends the container; 0: none
     "--sdnotify": (_sdnotify, "monitor"),  # who sends READY=1: monitor, container, healthy
     # Health checks (sdshim.shim.health); durations in seconds or as podman writes them.
     "--health-cmd": (str, ""),  # default: $SDSHIM_HEALTH_CMD (one word in SDSHIM_OPTIONS)

@@ -84,7 +84,14 @@ class BlockingSystemd:
         if not start.job.ok:
             record = records.read_json(start.record_path)
             if not start.ran(record):
-                raise start.failure(record, self.properties(start.properties_call))
+                failure = start.failure(record, self.properties(start.properties_call))
+                cleanup = start.cleanup_call
+                if cleanup is not None:
+                    try:  # noqa: SIM105 (the blocking path does not import contextlib)
+                        self.conn.call(cleanup)
+                    except BusCallError:
+                        pass
+                raise failure
 
     def unit_properties(self, unit: str, interface: str = "") -> dict[str, Any] | None:
         """All properties of a loaded unit (interface '' = all), or None if not loaded."""

@@ -19,11 +19,13 @@ from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.spec import seconds
 from sdshim.units.status import (
     UNIT_PATTERN,
+    boot_socket_unit,
     check_killable,
     check_reply,
     describe,
     names,
     record_stop,
+    socket_unit,
     still_there,
     unit_of,
     without_monitor,
@@ -55,7 +57,13 @@ class BlockingManager:
 
     def status(self, name: str) -> dict[str, Any]:
         unit = unit_of(name)
-        return describe(name, unit, self.systemd.service_state(unit))
+        props = self.systemd.service_state(unit)
+        template = boot_socket_unit(name, unit, props)
+        if template:
+            found = self.systemd.service_state(template)
+            if socket_unit(found):
+                unit, props = template, found
+        return describe(name, unit, props)
 
     def list(self) -> list[dict[str, Any]]:
         units = self.systemd.list_units([UNIT_PATTERN])
@@ -82,7 +90,9 @@ class BlockingManager:
         """Stop signal, then SIGKILL after timeout seconds; the final status."""
         seconds("--time", timeout)
         status = self.status(name)
-        if status["state"] == "exited":
+        if status["socket"]:
+            self.systemd.stop(status["socket"])  # or a connection starts it again
+        if status["state"] in ("exited", "listening"):
             return status
         if without_monitor(status):
             return self._stop_unit(name, status, timeout)

@@ -32,6 +32,7 @@ from sdshim.units.systemd1 import (
     manager_call,
     properties_changed,
     properties_reply,
+    reload_unit,
     service_state,
     stop_unit,
     unit_path,
@@ -184,7 +185,18 @@ class Systemd:
         if not start.job.ok:
             record = records.read_json(start.record_path)
             if not start.ran(record):
-                raise start.failure(record, await self.properties(start.properties_call))
+                failure = start.failure(record, await self.properties(start.properties_call))
+                cleanup = start.cleanup_call
+                if cleanup is not None:
+                    with contextlib.suppress(BusCallError):
+                        await self.request(cleanup)
+                raise failure
+
+    async def reload(self, unit: str) -> str:
+        """ReloadUnit (ExecReload=), waited for; the job's result."""
+        job = Job(reload_unit(unit))
+        await self.run_job(job, None)
+        return job.result
 
     async def stop_and_wait(self, unit: str, timeout: float | None = 60) -> str:
         job = Job(stop_unit(unit))

@@ -68,7 +68,8 @@ def _create_options(p: argparse.ArgumentParser) -> None:
                         "org.opencontainers.image.stopSignal annotation, else TERM)")
     p.add_argument("--restart", choices=RESTART_POLICIES, default="no",
                    help="restart the container when it exits: no (default), on-failure "
-                        "(non-zero status or signal), always (until stopped)")
+                        "(non-zero status or signal), on-watchdog (killed by the "
+                        "watchdog), always (until stopped)")
     p.add_argument("--restart-delay", type=seconds_option("--restart-delay"),
                    default=DEFAULT_RESTART_DELAY,
                    metavar="SECONDS", help="pause before a restart (default %(default)s)")
@@ -90,8 +91,35 @@ def _create_options(p: argparse.ArgumentParser) -> None:
                    help="let journald drop lines beyond BURST per INTERVAL, e.g. "
                    "10000/30s (default: no limit)")
     _readiness_options(p)
+    _service_feature_options(p)
     _stdio_options(p)
     p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
+
+
+def _service_feature_options(p: argparse.ArgumentParser) -> None:
+    """Socket activation, credentials, reload (sdshim.units.features)."""
+    g = p.add_argument_group("socket activation, credentials, reload")
+    g.add_argument("--socket", action="append", default=[], metavar="KEY=VALUE",
+                   help="listen on a socket that starts the container on the first "
+                        "connection and is its fd 3 (with run -d): ListenStream=ADDR, "
+                        "ListenDatagram=ADDR, ListenSequentialPacket=ADDR, "
+                        "FileDescriptorName=NAME, Backlog=, SocketMode=, ...; repeatable")
+    g.add_argument("--credential", action="append", default=[], metavar="NAME:PATH",
+                   help="a systemd credential (LoadCredential=): the file, as "
+                        "$CREDENTIALS_DIRECTORY/NAME in the container; repeatable")
+    g.add_argument("--set-credential", action="append", default=[], metavar="NAME:VALUE",
+                   help="a systemd credential with this value (SetCredential=); repeatable")
+    g.add_argument("--reload-signal", type=parse_signal, default=0, metavar="SIGNAL",
+                   help="what `systemctl reload` and `sdshim reload` send the container")
+
+
+def _features(args: argparse.Namespace) -> Any:
+    from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
+
+    if args.socket and args.command == "run" and not args.detach:
+        raise UsageError(SOCKET_NEEDS_DETACH)
+    return Features(sockets=args.socket, credentials=args.credential,
+                    set_credentials=args.set_credential, reload_signal=args.reload_signal)
 
 
 def _readiness_options(p: argparse.ArgumentParser) -> None:
@@ -129,7 +157,7 @@ def _detach_keys_option(p: argparse.ArgumentParser) -> None:
 
 # Every command and alias build_parser() knows (tests check the two agree).
 COMMANDS = frozenset({"create", "run", "start", "status", "list", "ps", "logs", "kill",
-                      "stop", "wait", "attach", "exec", "delete", "rm"})
+                      "stop", "reload", "wait", "attach", "exec", "delete", "rm"})
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -179,6 +207,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("-t", "--time", type=seconds_option("--time"), default=10.0,
                        metavar="SECONDS",
                        help="grace period before SIGKILL (default 10)")
+        p.add_argument("name")
+    if p := add("reload", help="reload a container: its reload signal (systemctl reload)"):
         p.add_argument("name")
     if p := add("wait", help="wait for a container to exit; print its exit code"):
         p.add_argument("name")
@@ -233,7 +263,8 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "log_rate_limit": args.log_rate_limit,
             "interactive": args.interactive, "tty": args.tty,
             "sdnotify": args.sdnotify, "health": _health_options(args),
-            "supervisor": args.supervisor}
+            "supervisor": args.supervisor,
+            "features": _features(args)}
 
 
 def _health_options(args: argparse.Namespace) -> Any:
@@ -353,6 +384,9 @@ async def run_command(args: argparse.Namespace) -> int:
             return 0
         if cmd == "logs":
             await _print_logs(m, args.name, args)
+            return 0
+        if cmd == "reload":
+            await m.reload(args.name)
             return 0
         if cmd == "wait":
             status = await m.wait(args.name)
@@ -488,6 +522,9 @@ def _print_status(s: dict[str, Any]) -> None:
             ("OOM killed", "yes" if s.get("oom_killed") else None),
             ("Restart", None if s.get("restart", "no") == "no" else
              f"{s['restart']} ({s.get('restarts', 0)} restarts so far)"),
+            ("Socket", s.get("socket")),
+            ("Watchdog", "timed out: the container stopped sending keep-alives"
+             if s.get("watchdog") else None),
             ("Started", s["started_at"]), ("Finished", s["finished_at"]),
             ("Status", s.get("status_text")), ("Health", _health_text(s.get("health"))),
             ("Error", s["error"])]

@@ -82,6 +82,7 @@ def container_spec(bundle: Path, name: str | None, runtime: str, start: bool,
         options = {**options, "stop_signal": bundle_stop_signal(config, bundle / "config.json")}
     spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=bundle,
                          runtime=resolve_runtime(runtime), start=start, **options)
+    spec.features.check_config(config, bundle / "config.json")
     if records.container_dir(name).exists():
         raise exists_error(name)
     return spec
@@ -89,8 +90,9 @@ def container_spec(bundle: Path, name: str | None, runtime: str, start: bool,
 
 def unit_start(spec: ContainerSpec) -> UnitStart:
     """Starting the container's unit: the job and its errors (sdshim.units.systemd1)."""
-    return UnitStart(spec.unit, spec.unit_properties(), what=f"container {spec.name}",
-                     directory=records.container_dir(spec.name), name=spec.name)
+    unit, props, aux = spec.transient_units()
+    return UnitStart(unit, props, what=f"container {spec.name}",
+                     directory=records.container_dir(spec.name), name=spec.name, aux=aux)
 
 
 def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",

@@ -31,16 +31,23 @@ from sdshim.units.creation import container_spec, unit_start
 from sdshim.units.spec import seconds
 from sdshim.units.status import (
     UNIT_PATTERN,
+    boot_socket_unit,
     check_killable,
     check_reply,
     describe,
     names,
     record_stop,
+    socket_unit,
     still_there,
     unit_of,
     without_monitor,
 )
-from sdshim.units.systemd1 import BusCallError, BusLostError, BusTimeoutError
+from sdshim.units.systemd1 import (
+    JOB_NOT_APPLICABLE,
+    BusCallError,
+    BusLostError,
+    BusTimeoutError,
+)
 
 CONTROL_TIMEOUT = control.TIMEOUT
 # How long `wait` rides out a systemd that does not answer (daemon-reexec drops its bus
@@ -107,7 +114,13 @@ class Manager:
 
     async def status(self, name: str) -> dict[str, Any]:
         unit = unit_of(name)
-        return describe(name, unit, await self.systemd.service_state(unit))
+        props = await self.systemd.service_state(unit)
+        template = boot_socket_unit(name, unit, props)
+        if template:
+            found = await self.systemd.service_state(template)
+            if socket_unit(found):
+                unit, props = template, found
+        return describe(name, unit, props)
 
     async def list(self) -> list[dict[str, Any]]:
         units = await self.systemd.list_units([UNIT_PATTERN])
@@ -160,6 +173,25 @@ class Manager:
 
     # --- signals, stop, delete ---------------------------------------------------------
 
+    async def reload(self, name: str) -> None:
+        """What `systemctl reload` does: ExecReload=, which sends the container its
+        reload signal; with --sdnotify container, done once it said READY=1 again."""
+        status = await self.status(name)
+        unit = status["unit"]
+        if status["state"] != "running":
+            raise ContainerStateError(f"container {name} is {status['state']}, not running")
+        try:
+            result = await self.systemd.reload(unit)
+        except BusCallError as e:
+            if e.name == JOB_NOT_APPLICABLE:
+                raise ContainerStateError(
+                    f"container {name} has no reload signal; create it with "
+                    "--reload-signal SIGNAL") from None
+            raise SystemdError(f"systemd refused to reload {unit}: {e}") from None
+        if result != "done":
+            raise ContainerStateError(f"reloading container {name} failed ({result}); "
+                                      f"see `journalctl -u {unit}`")
+
     async def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
         status = await self.status(name)
         check_killable(name, status)
@@ -173,7 +205,9 @@ class Manager:
         """Stop signal, then SIGKILL after timeout seconds; the final status."""
         seconds("--time", timeout)
         status = await self.status(name)
-        if status["state"] == "exited":
+        if status["socket"]:
+            await self.systemd.stop(status["socket"])  # or a connection starts it again
+        if status["state"] in ("exited", "listening"):
             return status
         if without_monitor(status):
             return await self._stop_unit(name, status, timeout)
@@ -215,7 +249,10 @@ class Manager:
                 return
             raise
         unit = status["unit"]
-        if status["state"] != "exited":
+        if status["socket"]:
+            await self.systemd.stop_and_wait(status["socket"])
+            await self.systemd.reset_failed(status["socket"])
+        if status["state"] not in ("exited", "listening"):
             if not force:
                 raise ContainerStateError(
                     f"container {name} is {status['state']}; stop it first "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdshim import naming, shim
 from sdshim.errors import EXIT_NO_RESTART, UsageError
+from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
 
 TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ LOG_DRIVERS = ("native", "stream")
 LOG_MAX_LINE_LIMIT = 64 << 20
 # Margin systemd waits beyond the monitor's own stop timeout before SIGKILLing all.
 STOP_MARGIN_SEC = 5.0
-RESTART_POLICIES = ("no", "on-failure", "always")
+RESTART_POLICIES = ("no", "on-failure", "on-watchdog", "always")
 # sdshim: the monitor supervises the container. systemd: the container's init becomes the
 # unit's main process and nothing of sdshim stays (sdshim.shim.handoff).
 SUPERVISORS = ("sdshim", "systemd")
@@ -58,7 +59,7 @@ class ContainerSpec:
                  restart_delay: float = DEFAULT_RESTART_DELAY, interactive: bool = False,
                  tty: bool = False, properties: list[Property] | None = None,
                  sdnotify: str = "monitor", health: HealthOptions | None = None,
-                 supervisor: str = "sdshim") -> None:
+                 supervisor: str = "sdshim", features: Features | None = None) -> None:
         self.name = name
         self.id = id
         self.bundle = bundle
@@ -78,9 +79,11 @@ class ContainerSpec:
         self.tty = tty
         self.supervisor = supervisor
         self.properties = properties or []
+        self.features = features or Features()
         self.sdnotify = sdnotify
         self.health = health
         self._check()
+        self._check_features()
 
     def _check(self) -> None:
         seconds("--stop-timeout", self.stop_timeout)
@@ -125,6 +128,23 @@ class ContainerSpec:
             raise UsageError("--health-on-failure restart needs --restart on-failure or "
                              "always: systemd does the restarting")
 
+    def _check_features(self) -> None:
+        """Settings of issue 13 (sockets, credentials, watchdog, reload) that the rest
+        of the spec constrains."""
+        if any(p[0] == "WatchdogUSec" for p in self.properties) and \
+                getattr(self, "sdnotify", "monitor") != "container":
+            raise UsageError("-p WatchdogSec needs --sdnotify container: the container "
+                             "itself must send the keep-alives (WATCHDOG=1)")
+        if self.features.socket_activated:
+            if not self.start:
+                raise UsageError(SOCKET_NEEDS_DETACH)
+            if self.interactive or self.tty:
+                raise UsageError("--socket does not go with -i or -t: nobody is attached "
+                                 "when a connection starts the container")
+            if self.restart == "always":
+                raise UsageError("--socket does not go with --restart always: the socket "
+                                 "starts the container again on the next connection")
+
     @property
     def zero_resident(self) -> bool:
         return self.supervisor == "systemd"
@@ -147,6 +167,16 @@ class ContainerSpec:
     def unit(self) -> str:
         return naming.unit_name(self.name)
 
+    def transient_units(self) -> tuple[str, list[Property], list[tuple[str, list[Property]]]]:
+        """What StartTransientUnit gets: the unit to start, its properties, and the
+        auxiliary units. With --socket that is the socket unit, with the container's
+        service beside it (as systemd-run --socket-property does)."""
+        if self.features.socket_activated:
+            return (self.features.socket_unit(self.name),
+                    self.features.socket_properties(self.name),
+                    [(self.unit, self.unit_properties())])
+        return self.unit, self.unit_properties(), []
+
     def monitor_argv(self) -> list[str]:
         argv = [*monitor_command(),
                 "--name", self.name, "--id", self.id, "--bundle", str(self.bundle),
@@ -167,6 +197,7 @@ class ContainerSpec:
             argv += ["--log-path", self.log_path]
         if self.log_size_max:
             argv += ["--log-size-max", str(self.log_size_max)]
+        argv += self.features.monitor_args()
         if self.sdnotify != "monitor":
             argv += ["--sdnotify", self.sdnotify]
             # `sdshim start` of a created container waits as long as systemd would.
@@ -185,13 +216,16 @@ class ContainerSpec:
             self.stop_timeout, self.name, burst, interval)
         props += [
             # Keeps the unit (and its results) after a clean exit. Not with
-            # Restart=always: a unit that "remains" after a clean exit is not restarted.
-            ("RemainAfterExit", "b", self.restart != "always"),
+            # Restart=always: a unit that "remains" after a clean exit is not restarted;
+            # nor behind a socket, which starts it again on the next connection.
+            ("RemainAfterExit", "b", self.restart != "always"
+             and not self.features.socket_activated),
             ("Delegate", "b", True),
         ]
         if self.log_driver == "stream":
             # journald adds them to every line the container writes to its streams.
             props.append(("LogExtraFields", "aay", self.log_fields()))
+        props += self.features.service_properties(reload_command(self.name))
         if self.zero_resident:
             props = self.zero_resident_properties(props)
         return props + self.restart_properties() + self.properties
@@ -229,6 +263,12 @@ class ContainerSpec:
             # ... but do not retry one that cannot be created, or one stopped on request.
             ("RestartPreventExitStatus", "(aiai)", ([EXIT_NO_RESTART], [])),
         ]
+
+
+def reload_command(name: str) -> list[str]:
+    """ExecReload=: asks the monitor to send the container its reload signal, and
+    returns once the container is done (sdshim.shim.reload)."""
+    return [*monitor_command(), "reload", name]
 
 
 class HealthOptions:
@@ -397,6 +437,7 @@ PROPERTIES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "IOWeight": ("IOWeight", "t", parse_weight),
     "TasksMax": ("TasksMax", "t", parse_count),
     "RuntimeMaxSec": ("RuntimeMaxUSec", "t", parse_seconds),
+    "WatchdogSec": ("WatchdogUSec", "t", parse_seconds),
     # How long a --sdnotify container|healthy container may take to say it is ready.
     "TimeoutStartSec": ("TimeoutStartUSec", "t", parse_seconds),
     "Nice": ("Nice", "i", int),

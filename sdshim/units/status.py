@@ -36,6 +36,7 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
     exit_record = records.read_json(cdir / "exit.json")
     if props is None and state is None and exit_record is None:
         raise NoSuchContainerError(f"no such container: {name} (see `sdshim list`)")
+    never_ran = state is None and exit_record is None
     state = {**_monitor_args(props), **(state or {})}
     info: dict[str, Any] = {
         "name": name, "id": state.get("id"), "unit": unit, "state": "unknown",
@@ -50,7 +51,8 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         "invocation_ids": state.get("invocation_ids", []),
         "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
         "supervisor": state.get("supervisor", "sdshim"),
-        "unit_state": None, "status_text": None,
+        "unit_state": None, "status_text": None, "unit_result": None,
+        "socket": socket_unit(props), "watchdog": False,
         # --health-cmd: status, failing_streak, log (the last results); else None.
         "health": records.read_json(cdir / "health.json"),
     }
@@ -63,17 +65,21 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
             info["kill_signal"] = props.get("KillSignal")
         info["restart"] = props.get("Restart") or info["restart"]
         info["restarts"] = props.get("NRestarts", info["restarts"])
+        info["unit_result"] = props.get("Result") or None
     if exit_record is not None:
         info.update(state="exited", exit_code=exit_record.get("exit_code"),
                     signal=exit_record.get("signal"),
                     oom_killed=bool(exit_record.get("oom_killed")),
                     finished_at=exit_record.get("finished_at"),
                     error=exit_record.get("error"), pid=exit_record.get("pid"))
+        info["watchdog"] = bool(exit_record.get("watchdog"))
         for key in ("stop_signal", "stop_timed_out"):
             if key in exit_record:
                 info[key] = exit_record[key]
         if _restarting(props, exit_record):
             info["state"] = "restarting"
+    elif never_ran and info["socket"] and not _unit_running(props):
+        info["state"] = "listening"  # its socket starts it on the first connection
     elif props is not None and props.get("SubState") == "auto-restart":
         info.update(state="restarting", error=_monitor_death(props))
     elif props is not None and _unit_ended(props) and info["supervisor"] == "systemd":
@@ -89,6 +95,29 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
 
 
 PODMAN_UNIT_PREFIX = "sdshim-podman-"  # sdshim.conmon.unit.PREFIX (not imported: lean)
+
+
+def boot_socket_unit(name: str, unit: str, props: dict[str, Any] | None) -> str:
+    """The unit to look at next when unit is not loaded and left no records: a boot
+    container whose sdshim@NAME.socket has not started it yet; '' if none."""
+    cdir = records.container_dir(name)
+    if props is not None or unit != naming.unit_name(name) or cdir.exists():
+        return ""
+    return naming.template_unit_name(name)
+
+
+def socket_unit(props: dict[str, Any] | None) -> str | None:
+    """The socket unit that starts this container's service (--socket, or
+    sdshim@NAME.socket), if any."""
+    for unit in (props or {}).get("TriggeredBy") or []:
+        if str(unit).endswith(".socket"):
+            return str(unit)
+    return None
+
+
+def _unit_running(props: dict[str, Any] | None) -> bool:
+    return (props or {}).get("ActiveState") in ("active", "activating", "reloading",
+                                                "deactivating")
 
 
 def names(units: Iterable[str]) -> list[str]:

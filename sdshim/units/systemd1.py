@@ -30,6 +30,8 @@ BUS = "org.freedesktop.DBus"
 BUS_PATH = "/org/freedesktop/DBus"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
+# A job the unit has no use for, e.g. a reload without ExecReload=.
+JOB_NOT_APPLICABLE = "org.freedesktop.systemd1.JobTypeNotApplicable"
 # What GetAll says about a unit systemd does not have loaded.
 NOT_LOADED = (NO_SUCH_UNIT, "org.freedesktop.DBus.Error.UnknownObject",
               "org.freedesktop.DBus.Error.UnknownMethod")
@@ -183,6 +185,17 @@ def properties_changed(unit: str) -> str:
             f"interface='{PROPERTIES}',member='PropertiesChanged'")
 
 
+def reload_unit(unit: str) -> Call:
+    return manager_call("ReloadUnit", "ss", [unit, "replace"],
+                        purpose=f"systemd to reload {unit}",
+                        hint=f"see `systemctl status {unit}`")
+
+
+def reset_failed_unit(unit: str) -> Call:
+    return manager_call("ResetFailedUnit", "s", [unit],
+                        purpose=f"systemd to forget the failed {unit}")
+
+
 def stop_unit(unit: str) -> Call:
     return manager_call("StopUnit", "ss", [unit, "replace"],
                         purpose=f"systemd to stop {unit}",
@@ -273,18 +286,22 @@ class UnitStart:
     that name systemd still has loaded is "container NAME already exists".
     """
 
-    __slots__ = ("directory", "job", "name", "unit", "what")
+    __slots__ = ("aux", "directory", "job", "name", "unit", "what")
 
     def __init__(self, unit: str, properties: list[Property], *, what: str,
-                 directory: Path, name: str = "") -> None:
+                 directory: Path, name: str = "",
+                 aux: list[tuple[str, list[Property]]] | None = None) -> None:
         self.unit = unit
         self.what = what
         self.directory = directory
         self.name = name
+        # Units made with it (a container's service behind the socket unit started).
+        self.aux = aux or []
         check = f"`sdshim status {name}`" if name else f"`systemctl status {unit}`"
         self.job = Job(manager_call(
             "StartTransientUnit", START_TRANSIENT,
-            [unit, "fail", [(n, (sig, v)) for n, sig, v in properties], []],
+            [unit, "fail", _variants(properties),
+             [(aux_unit, _variants(props)) for aux_unit, props in self.aux]],
             purpose=f"systemd to start {unit}",
             hint=f"{what} may have started anyway: see {check}"))
 
@@ -294,8 +311,15 @@ class UnitStart:
 
     @property
     def properties_call(self) -> Call:
-        # The Service interface has all a failure needs (StatusText, Result), in one call.
-        return get_all(self.unit, SERVICE)
+        # The Service interface has all a failure needs (StatusText, Result), in one
+        # call; a socket unit's are on its own interface.
+        return get_all(self.unit, SERVICE if self.unit.endswith(".service") else "")
+
+    @property
+    def cleanup_call(self) -> Call | None:
+        """After a failure: a socket that could not listen leaves no failed unit (and
+        with it the service beside it) behind."""
+        return reset_failed_unit(self.unit) if self.aux else None
 
     def refused(self, e: BusCallError) -> SdshimError:
         """systemd's answer to StartTransientUnit, for the user. A unit of that name
@@ -329,6 +353,10 @@ class UnitStart:
             f"job {self.job.result or 'unfinished'}, result {props.get('Result')}"
         return CreateError(f"{self.what} failed to start: {detail}; "
                            f"see `journalctl -u {self.unit}`")
+
+
+def _variants(properties: list[Property]) -> list[tuple[str, tuple[str, Any]]]:
+    return [(n, (sig, v)) for n, sig, v in properties]
 
 
 def exists_error(name: str) -> ContainerExistsError:
