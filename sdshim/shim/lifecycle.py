@@ -399,6 +399,8 @@ def describe(result: dict[str, Any], what: str) -> str:
         return f"{what} failed: {result['error']}"
     if result.get("signal"):
         text = f"{what} killed by {result['signal']}"
+    elif result.get("exit_code") is None:  # systemd did not say (the stop-post step)
+        text = f"{what} ended, status unknown"
     else:
         text = f"{what} exited with status {result['exit_code']}"
     if result.get("oom_killed"):
@@ -406,7 +408,7 @@ def describe(result: dict[str, Any], what: str) -> str:
     if result.get("watchdog"):
         text += " (watchdog timeout: no keep-alive in time)"
     elif result.get("stop_timed_out"):
-        text += f" (did not stop on {result['stop_signal']} in time)"
+        text += f" (did not stop on {result.get('stop_signal')} in time)"
     if result.get("timed_out"):
         text += f" (timed out after {result['timeout']:g}s)"
     return text

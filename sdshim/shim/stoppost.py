@@ -17,7 +17,7 @@ import posix
 import sys
 
 from sdshim import leanos, rundir, spawn
-from sdshim.shim import journal, oom, runtime
+from sdshim.shim import journal, lifecycle, oom, runtime
 from sdshim.shim.handoff import SUPERVISOR, run_child
 from sdshim.shim.notify import Notifier
 
@@ -112,22 +112,6 @@ def last_stderr_line(name: str) -> bytes:
     return bytes(out.stdout).rstrip(b"\n").strip()
 
 
-def describe(result: dict[str, Any]) -> str:
-    if result.get("error"):
-        return f"Container {result['name']} failed: {result['error']}"
-    if result.get("signal"):
-        text = f"Container {result['name']} killed by {result['signal']}"
-    elif result.get("exit_code") is None:
-        text = f"Container {result['name']} ended, status unknown"
-    else:
-        text = f"Container {result['name']} exited with status {result['exit_code']}"
-    if result.get("oom_killed"):
-        text += " (out of memory)"
-    if result.get("stop_timed_out"):
-        text += f" (did not stop on {result.get('stop_signal')} in time)"
-    return text
-
-
 def parse(argv: list[str]) -> tuple[str, str]:
     """`--stop-post --name NAME --unit UNIT` (other options, a template's, are ignored):
     everything else is in the records the hand-off wrote."""
@@ -191,7 +175,7 @@ def main(argv: list[str]) -> int:
         rundir.write_json(exit_path, result)
         state["status"] = "exited"
         rundir.write_json(leanos.join(directory, "state.json"), state)
-    text = describe(result)
+    text = lifecycle.describe(result, f"Container {result['name']}")
     notifier = Notifier()
     notifier.send(STATUS=f"Error: {result['error']}" if result.get("error") else text)
     event = "failed" if result.get("error") else "exited"
