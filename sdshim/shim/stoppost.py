@@ -122,12 +122,34 @@ def parse(argv: list[str]) -> tuple[str, str]:
     return values["--name"], values["--unit"]
 
 
-def record(name: str, state: dict[str, Any], directory: str) -> dict[str, Any]:
+def start_error(state: dict[str, Any], result: dict[str, Any], rt: runtime.Runtime,
+                unit: str) -> str:
+    """Why a container that systemd started itself (sdshim.units.direct) never ran its
+    command: the runtime's logged error when `runc create` or `runc start` failed; ''
+    if it started (or, killed while its command runs, cannot be told apart)."""
+    if not state.get("direct") or state.get("exec_confirmed"):
+        return ""
+    logged = rt.last_error()
+    if logged and (result["exit_code"] is None or result["signal"] is not None):
+        return logged
+    if result["exit_code"] is None:  # no main process ever: nothing got to the runtime
+        return (f"the container's unit failed before {rt.name} created the container "
+                f"({leanos.getenv('SERVICE_RESULT') or 'no result'}); see "
+                f"`journalctl -u {unit}`")
+    return ""
+
+
+def record(name: str, state: dict[str, Any], directory: str, rt: runtime.Runtime,
+           unit: str) -> dict[str, Any]:
     result: dict[str, Any] = {"error": None, **exit_result(
         leanos.getenv("EXIT_CODE"), leanos.getenv("EXIT_STATUS"))}
+    failed = start_error(state, result, rt, unit)
+    if failed:
+        message = runtime.clean_message(failed)
+        result.update(error=message, exit_code=runtime.classify(message), signal=None)
     code = result["exit_code"]
-    if not state.get("exec_confirmed") and code in EXEC_FAILURE_STATUS and \
-            result["signal"] is None:
+    if not failed and not state.get("exec_confirmed") and code in EXEC_FAILURE_STATUS \
+            and result["signal"] is None:
         line = last_stderr_line(name)
         if runtime.is_exec_failure(line):
             message = runtime.clean_message(line.decode(errors="replace"))
@@ -139,11 +161,20 @@ def record(name: str, state: dict[str, Any], directory: str) -> dict[str, Any]:
         result["stop_timed_out"] = bool(stop.get("timed_out"))
     elif leanos.getenv("SERVICE_RESULT") == "timeout":
         result["stop_timed_out"] = True
-    result.update(name=name, id=state.get("id"), pid=state.get("pid"),
+    result.update(name=name, id=state.get("id"), pid=state.get("pid") or _pid_file(directory),
                   restarts=state.get("restarts", 0), started_at=state.get("started_at"),
                   finished_at=rundir.now_iso(), monitor_exit_code=result["exit_code"],
                   supervisor=SUPERVISOR)
     return result
+
+
+def _pid_file(directory: str) -> int | None:
+    """The init's pid from the runtime's pid file, if the caller had no time to record it."""
+    try:
+        with open(leanos.join(directory, "pid")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str]) -> int:
@@ -160,11 +191,11 @@ def main(argv: list[str]) -> int:
     # The hand-off's own record (a create or start error) is the one that counts.
     result = rundir.read_json(exit_path)
     fresh = result is None
-    if result is None:
-        result = record(name, state, directory)
     runtime_path = str(state.get("runtime") or "runc")
     rt = runtime.Runtime(runtime_path, rundir.runtime_root(runtime_path),
                          leanos.join(directory, "runtime.log"))
+    if result is None:
+        result = record(name, state, directory, rt, unit)
     try:
         run_child(rt.argv("delete", "--force", str(result.get("id") or state.get("id"))),
                   stdout=spawn.DEVNULL, stderr=spawn.DEVNULL)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from sdshim import naming, records
-from sdshim.errors import BundleError, RuntimeNotFoundError
+from sdshim.errors import BundleError, CreateError, RuntimeNotFoundError
 from sdshim.signals import signal_number
+from sdshim.units import direct
 from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.spec import ContainerSpec
 from sdshim.units.systemd1 import UnitStart, exists_error
@@ -100,6 +102,34 @@ def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
     """Manager.create over a blocking connection; the container's name. The job ends
     at READY=1, or when the unit fails or its start times out (TimeoutStartSec)."""
     spec = container_spec(bundle, name, runtime, start, options)
-    with BlockingSystemd.connect() as systemd:
-        systemd.start_unit(unit_start(spec))
+    if not spec.direct:
+        with BlockingSystemd.connect() as systemd:
+            systemd.start_unit(unit_start(spec))
+        return spec.name
+    direct.prepare(spec)
+    starting = unit_start(spec)
+    try:
+        systemd = BlockingSystemd.connect()
+    except BaseException:
+        direct.discard(spec)
+        raise
+    with systemd:
+        try:
+            systemd.start_unit(starting)
+        except BaseException:
+            if starting.refused_call:
+                direct.discard(spec)
+            raise
+        check = direct.ExecCheck(spec.runtime, time.monotonic())
+        pid = direct.main_pid(spec)
+        while check.look(direct.read_exe(pid), time.monotonic()) == direct.PENDING:
+            time.sleep(0.001)
+        if check.state == direct.RUNNING:
+            direct.record_running(spec, pid)
+            return spec.name
+        from sdshim.units.blockingmanager import BlockingManager
+
+        ended = BlockingManager(systemd).wait(spec.name, 30)
+    if ended.get("error"):
+        raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
     return spec.name

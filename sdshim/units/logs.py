@@ -148,12 +148,13 @@ def matches(status: dict[str, Any], stream: str | None = None) -> list[str]:
     cid = status["id"]
     events = ["+", f"SDSHIM_CONTAINER_ID_FULL={cid}"]
     only = [f"PRIORITY={PRIORITIES[stream]}"] if stream else []
-    if status.get("log_driver") == "stream":
-        # No container fields on stream lines: they are the stream's identifier (the
-        # name) in the unit's invocations (one per restart), which tell this container
-        # from an older one of the same name.
-        invocations = [f"_SYSTEMD_INVOCATION_ID={i}" for i in status.get("invocation_ids")
-                       or ["none"]]
+    if status.get("log_driver") == "stream" and status.get("invocation_ids"):
+        # Lines of the stream's identifier (the name) in the unit's invocations (one
+        # per restart), which tell this container from an older one of the same name.
+        # (Containers of the direct start record no invocations: their streams carry
+        # the unit's LogExtraFields=, CONTAINER_ID_FULL among them, as the native
+        # driver's lines do.)
+        invocations = [f"_SYSTEMD_INVOCATION_ID={i}" for i in status["invocation_ids"]]
         return [*invocations, f"SYSLOG_IDENTIFIER={status['name']}", "_TRANSPORT=stdout",
                 *only, *events]
     return [f"CONTAINER_ID_FULL={cid}", *only, *events]

@@ -25,7 +25,7 @@ from sdshim.errors import (
     NoSuchContainerError,
     SystemdError,
 )
-from sdshim.units import control
+from sdshim.units import control, direct
 from sdshim.units.bus import Systemd
 from sdshim.units.creation import container_spec, unit_start
 from sdshim.units.spec import seconds
@@ -83,7 +83,30 @@ class Manager:
         healthy), health (spec.HealthOptions) (see spec.ContainerSpec).
         """
         spec = container_spec(bundle, name, runtime, start, options)
-        await self.systemd.start_unit(unit_start(spec))
+        if not spec.direct:
+            await self.systemd.start_unit(unit_start(spec))
+            return spec.name
+        # No sdshim process in the unit (sdshim.units.direct): the records and the exec
+        # check are the caller's.
+        direct.prepare(spec)
+        starting = unit_start(spec)
+        try:
+            await self.systemd.start_unit(starting)
+        except BaseException:
+            if starting.refused_call:
+                direct.discard(spec)
+            raise
+        loop = asyncio.get_running_loop()
+        check = direct.ExecCheck(spec.runtime, loop.time())
+        pid = direct.main_pid(spec)
+        while check.look(direct.read_exe(pid), loop.time()) == direct.PENDING:
+            await asyncio.sleep(0.001)
+        if check.state == direct.RUNNING:
+            direct.record_running(spec, pid)
+            return spec.name
+        ended = await self.wait(spec.name, 30)
+        if ended.get("error"):
+            raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
         return spec.name
 
     async def start(self, name: str) -> None:

@@ -248,8 +248,20 @@ class ContainerSpec:
         props = [changed.get(p[0], p) for p in props]
         stop_post = [*monitor_command(), "--stop-post", "--name", self.name,
                      "--unit", self.unit]
-        return [*props, ("KillSignal", "i", self.stop_signal),
-                ("ExecStopPost", "a(sasb)", [[stop_post[0], stop_post, False]])]
+        props = [*props, ("KillSignal", "i", self.stop_signal),
+                 ("ExecStopPost", "a(sasb)", [[stop_post[0], stop_post, False]])]
+        if self.direct:
+            from sdshim.units import direct
+
+            props = direct.properties(self, props)
+        return props
+
+    @property
+    def direct(self) -> bool:
+        """Zero-resident with no sdshim process on the start path (sdshim.units.direct)."""
+        from sdshim.units import direct
+
+        return direct.eligible(self)
 
     def restart_properties(self) -> list[Property]:
         """systemd restarts the monitor, which creates the container afresh each time."""

@@ -88,6 +88,11 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         info.update(state="exited", **_main_exit(props))
     elif _unit_ended(props):
         info.update(state="exited", error=_monitor_death(props))
+    elif props is not None and state.get("direct") and \
+            props.get("ActiveState") == "active" and props.get("SubState") == "running":
+        # No sdshim process ever (sdshim.units.direct): systemd's word, before the
+        # caller has recorded the exec; the init is the main process.
+        info.update(state="running", pid=info["pid"] or props.get("MainPID") or None)
     else:
         info["state"] = {"created": "created", "running": "running", "started": "running",
                          "exiting": "exiting"}.get(str(state.get("status")), "creating")

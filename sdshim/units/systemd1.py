@@ -286,7 +286,7 @@ class UnitStart:
     that name systemd still has loaded is "container NAME already exists".
     """
 
-    __slots__ = ("aux", "directory", "job", "name", "unit", "what")
+    __slots__ = ("aux", "directory", "job", "name", "refused_call", "unit", "what")
 
     def __init__(self, unit: str, properties: list[Property], *, what: str,
                  directory: Path, name: str = "",
@@ -297,6 +297,7 @@ class UnitStart:
         self.name = name
         # Units made with it (a container's service behind the socket unit started).
         self.aux = aux or []
+        self.refused_call = False  # systemd answered the start with an error: no unit
         check = f"`sdshim status {name}`" if name else f"`systemctl status {unit}`"
         self.job = Job(manager_call(
             "StartTransientUnit", START_TRANSIENT,
@@ -324,6 +325,7 @@ class UnitStart:
     def refused(self, e: BusCallError) -> SdshimError:
         """systemd's answer to StartTransientUnit, for the user. A unit of that name
         that systemd still has loaded (even ended) is an existing container."""
+        self.refused_call = True
         if self.name and e.name == UNIT_EXISTS:
             return exists_error(self.name)
         return SystemdError(f"systemd refused to start {self.unit}: {e}")

@@ -1,0 +1,216 @@
+"""Zero-resident containers started with no sdshim process at all (--supervisor systemd,
+started at once, runc): the unit runs the runtime itself.
+
+The unit is Type=forking. ExecStart= is `runc create`, whose init then waits on runc's
+exec FIFO; runc is no subreaper, so the init is PID 1's child once `runc create` has
+returned, and systemd takes it from the pid file (PIDFile=) as the main process before
+anything can start it. Only then ExecStartPost= runs `runc start`. The init cannot end
+before systemd knows it as the main process, so every exit, however early, is the
+unit's ExecMainStatus: the same order as the hand-off's (sdshim.shim.handoff), without
+a Python process between systemd and the container.
+
+What the hand-off did in the unit, the caller does around it: before the start, the
+records and the effective config (prepare); after the job, the exec check (ExecCheck),
+which tells a command that runs from one that ended at once (an exec failure, which the
+stop step found in the container's last stderr line, or its own exit). The stop step
+(sdshim.shim.stoppost) records every exit, a failed `runc create` included (from the
+runtime's JSON log), and deletes the runtime's state, as for the hand-off.
+
+The container's stdout and stderr are two journald streams that systemd-cat opens from
+inside the unit (so journald adds the unit's LogExtraFields=), with the name as
+SYSLOG_IDENTIFIER and priorities info and err, as the stream driver's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from sdshim import leanos, naming, rundir
+from sdshim.errors import BundleError, ContainerExistsError
+from sdshim.shim import runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from sdshim.units.spec import ContainerSpec, Property
+
+SYSTEMD_CAT = "/usr/bin/systemd-cat"
+SH = "/bin/sh"
+# NotifyAccess=all lets the stop step set StatusText=; the runtime must not see
+# NOTIFY_SOCKET, or it proxies the container's notifications (through a socket whose
+# path is too long for runc's root here).
+ENV = "/usr/bin/env"
+CGROUP_FS = "/sys/fs/cgroup"
+# On a unified-only (cgroup v2) host an inner cgroup may hold no processes once the
+# runtime enables controllers below it: `runc create` moves itself to the unit's
+# supervisor/ leaf first (what sdshim.shim.cgroup.split does for the hand-off). One line:
+# systemd keeps a transient unit's settings in a file, and $$ is systemd's escape for $.
+# $1: where /proc/PID/cgroup paths are mounted; $2: the unit; the rest: the command.
+LEAF_SCRIPT = (
+    'r=$$1 u=$$2; shift 2; while IFS=: read -r _ k p; do [ "$$k" ] && continue; '
+    '[ "$${p##*/}" = "$$u" ] || continue; mkdir -p "$$r$$p/supervisor" && '
+    'echo $$$$ >"$$r$$p/supervisor/cgroup.procs" || { echo "sdshim: cannot move the '
+    'runtime to $$r$$p/supervisor" >&2; exit 1; }; done </proc/self/cgroup; exec "$$@"')
+# How long the init may stay the runtime's binary after the job before the command
+# counts as running anyway (as sdshim.shim.handoff.EXEC_TIMEOUT).
+EXEC_TIMEOUT = 2.0
+RUNNING, PENDING, ENDED = "running", "pending", "ended"
+
+
+def eligible(spec: ContainerSpec) -> bool:
+    """Whether spec's container starts without the hand-off: what needs a process of
+    sdshim's in the unit (a created container waiting for its start, a restart policy
+    that must not retry a failed create, crun's cgroup move, sockets, credentials,
+    reload) keeps it."""
+    f = spec.features
+    return (spec.zero_resident and spec.start and spec.restart == "no"
+            and runtime.places_processes(spec.runtime)
+            and leanos.basename(spec.runtime) == "runc"
+            and not (f.listen or f.load or f.set or f.reload_signal)
+            and spec.health is None and spec.sdnotify == "monitor"
+            and leanos.exists(SYSTEMD_CAT))
+
+
+def slice_path(slice_unit: str) -> str:
+    """A slice's cgroup path: a-b.slice is /a.slice/a-b.slice; -.slice is the root."""
+    if slice_unit == "-.slice":
+        return ""
+    parts = slice_unit.removesuffix(".slice").split("-")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def unified_only(root: str = CGROUP_FS) -> bool:
+    return leanos.exists(leanos.join(root, "cgroup.controllers"))
+
+
+class Paths:
+    """Where the container's records and the runtime's files are (as the hand-off's)."""
+
+    def __init__(self, spec: ContainerSpec) -> None:
+        self.dir = rundir.container_dir(spec.name)
+        self.config = leanos.join(self.dir, "bundle")
+        self.pid = leanos.join(self.dir, "pid")
+        self.state = leanos.join(self.dir, "state.json")
+        self.rt = runtime.Runtime(spec.runtime, rundir.runtime_root(spec.runtime),
+                                  leanos.join(self.dir, "runtime.log"))
+
+
+def cgroups_path(spec: ContainerSpec) -> str:
+    """The container's cgroup (runc's cgroupsPath): the unit's container/ leaf, in the
+    unit's slice (-p Slice= or sdshim's)."""
+    slice_unit = next((v for n, _s, v in reversed(spec.properties) if n == "Slice"),
+                      naming.SLICE)
+    return f"{slice_path(str(slice_unit))}/{spec.unit}/container"
+
+
+def properties(spec: ContainerSpec, props: list[Property]) -> list[Property]:
+    """The unit's properties (props: the hand-off's) with the runtime as its commands."""
+    paths = Paths(spec)
+    create = [ENV, "-u", "NOTIFY_SOCKET", SYSTEMD_CAT, "--identifier", spec.name, "--priority", "info",
+              "--stderr-priority", "err", "--level-prefix", "false",
+              *paths.rt.argv("create", "--bundle", paths.config, "--pid-file", paths.pid,
+                             spec.id)]
+    if unified_only():
+        create = [SH, "-c", LEAF_SCRIPT, "sdshim-leaf", CGROUP_FS, spec.unit, *create]
+    start = [ENV, "-u", "NOTIFY_SOCKET", *paths.rt.argv("start", spec.id)]
+    replaced = {"Type": ("Type", "s", "forking"),
+                "ExecStart": ("ExecStart", "a(sasb)", [[create[0], create, False]])}
+    return [*(replaced.get(p[0], p) for p in props),
+            ("PIDFile", "s", paths.pid),
+            ("GuessMainPID", "b", False),
+            ("ExecStartPost", "a(sasb)", [[start[0], start, False]])]
+
+
+def prepare(spec: ContainerSpec) -> None:
+    """What the unit's commands read: the container's directory (made here, so that of
+    two creates of one name one is refused), the effective config and the state."""
+    paths = Paths(spec)
+    leanos.makedirs(rundir.RUN_DIR, 0o700)
+    try:
+        os.mkdir(paths.dir, 0o700)
+    except FileExistsError:
+        raise ContainerExistsError(f"container {spec.name} already exists; delete it with "
+                                   f"`sdshim delete {spec.name}` or choose another --name"
+                                   ) from None
+    try:
+        cgroup = cgroups_path(spec)
+        try:
+            runtime.write_config(str(spec.bundle), paths.config, cgroup)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"cannot write the container's config to {paths.config}: "
+                              f"{e}") from None
+        leanos.makedirs(paths.rt.root, 0o700)
+        rundir.write_json(paths.state, {
+            "name": spec.name, "id": spec.id, "unit": spec.unit,
+            "bundle": str(spec.bundle), "runtime": spec.runtime, "status": "creating",
+            "supervisor": "systemd", "direct": True, "restart": spec.restart,
+            "restarts": 0, "pid": None, "monitor_pid": None, "cgroup": cgroup,
+            "created_at": rundir.now_iso(), "started_at": None, "log_driver": "stream",
+            "invocation_ids": [], "tty": False, "stdin": False, "exec_confirmed": False})
+    except BaseException:
+        discard(spec)
+        raise
+
+
+def discard(spec: ContainerSpec) -> None:
+    """The records of a container whose unit systemd refused to make."""
+    shutil.rmtree(rundir.container_dir(spec.name), ignore_errors=True)
+
+
+def main_pid(spec: ContainerSpec) -> int:
+    """The init's pid, from runc's pid file (systemd's PIDFile=); 0 if unreadable."""
+    try:
+        with open(Paths(spec).pid) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+class ExecCheck:
+    """Whether the init, once the unit's job is done, runs the container's command.
+
+    States: pending (still the runtime's binary) -> running (exec'd; also when it stays
+    the runtime's binary past EXEC_TIMEOUT, as the monitor counts it) or ended (gone
+    first: its exit decides). The transport calls look() with what /proc/PID/exe reads
+    (None: the process is gone) and the time, until the state is not pending.
+    """
+
+    __slots__ = ("deadline", "runtime", "state")
+
+    def __init__(self, runtime_path: str, now: float) -> None:
+        self.runtime = runtime_path
+        self.deadline = now + EXEC_TIMEOUT
+        self.state = PENDING
+
+    def look(self, exe: str | None, now: float) -> str:
+        if exe is None:
+            self.state = ENDED
+        elif not runtime.is_runtime_exe(exe, self.runtime) or now >= self.deadline:
+            self.state = RUNNING
+        return self.state
+
+
+def read_exe(pid: int) -> str | None:
+    """/proc/PID/exe, '' while unreadable, None once the process is gone."""
+    if pid <= 0:
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+
+
+def record_running(spec: ContainerSpec, pid: int) -> None:
+    """The state once the command runs (the stop step need not look for an exec
+    failure then)."""
+    path = Paths(spec).state
+    state: dict[str, Any] = rundir.read_json(path) or {}
+    if state.get("status") == "exited":
+        return  # ended meanwhile: the stop step's word is the last
+    state.update(status="running", pid=pid, exec_confirmed=True,
+                 started_at=rundir.now_iso())
+    rundir.write_json(path, state)
