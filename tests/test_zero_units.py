@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from sdshim import spawn
 from sdshim.errors import UsageError
 from sdshim.shim import options, stoppost
 from sdshim.shim.handoff import unsupported
+from sdshim.units import direct
 from sdshim.units.cli import build_parser
 from sdshim.units.spec import ContainerSpec
 
@@ -32,8 +34,9 @@ def props(s: ContainerSpec) -> dict[str, Any]:
 
 
 def test_zero_resident_unit_properties() -> None:
+    # Created, not started: the hand-off waits in the unit for the start.
     p = props(spec(supervisor="systemd", stop_timeout=7, stop_signal=int(signal.SIGUSR1),
-                   tag="front"))
+                   tag="front", start=False))
     assert (p["Type"], p["NotifyAccess"], p["KillMode"]) == ("notify", "all", "mixed")
     assert (p["KillSignal"], p["TimeoutStopUSec"]) == (int(signal.SIGUSR1), 7_000_000)
     assert p["LogExtraFields"] == [b"CONTAINER_ID=" + CID[:12].encode(),
@@ -46,7 +49,7 @@ def test_zero_resident_unit_properties() -> None:
     assert stoppost.parse(argv) == ("web", "sdshim-web.service")
     [(_, start_argv, _)] = p["ExecStart"]
     parsed = options.parse(start_argv[start_argv.index("--name"):])
-    assert (parsed.supervisor, parsed.log_driver, parsed.start) == ("systemd", "stream", True)
+    assert (parsed.supervisor, parsed.log_driver, parsed.start) == ("systemd", "stream", False)
     assert (p["RemainAfterExit"], p["Delegate"]) == (True, True)
 
 
@@ -99,3 +102,91 @@ def test_handoff_refuses_monitor_options_from_a_template() -> None:
 def test_stop_step_reads_systemds_exit_status(code: str, status: str,
                                               expected: dict[str, Any]) -> None:
     assert stoppost.exit_result(code, status) == expected
+
+
+# --- the direct start: no sdshim process in the unit (sdshim.units.direct) -------------
+
+
+def test_direct_start_unit_runs_the_runtime_itself() -> None:
+    s = spec(supervisor="systemd", tag="front")
+    assert s.direct
+    p = props(s)
+    assert (p["Type"], p["GuessMainPID"], p["NotifyAccess"]) == ("forking", False, "all")
+    assert p["PIDFile"] == "/run/sdshim/web/pid"
+    [(path, argv, ignore)] = p["ExecStart"]
+    assert path == argv[0] and ignore is False
+    if direct.unified_only():
+        assert argv[:2] == ["/bin/sh", "-c"]
+        argv = argv[argv.index("/usr/bin/env"):]
+    assert argv[:3] == ["/usr/bin/env", "-u", "NOTIFY_SOCKET"]
+    cat = argv[3:argv.index("/usr/sbin/runc")]
+    assert cat == ["/usr/bin/systemd-cat", "--identifier", "web", "--priority", "info",
+                   "--stderr-priority", "err", "--level-prefix", "false"]
+    runc = argv[len(cat) + 3:]
+    assert runc[runc.index("create"):] == [
+        "create", "--bundle", "/run/sdshim/web/bundle", "--pid-file", "/run/sdshim/web/pid",
+        CID]
+    assert runc[runc.index("--log"):runc.index("--log") + 4] == [
+        "--log", "/run/sdshim/web/runtime.log", "--log-format", "json"]
+    [(_, post, _)] = p["ExecStartPost"]
+    assert post[:3] == ["/usr/bin/env", "-u", "NOTIFY_SOCKET"]
+    assert post[-2:] == ["start", CID]
+    [(_, stop_post, _)] = p["ExecStopPost"]
+    assert stoppost.parse(stop_post) == ("web", "sdshim-web.service")
+    assert p["LogExtraFields"][2:] == [b"CONTAINER_NAME=web", b"CONTAINER_TAG=front"]
+
+
+@pytest.mark.parametrize(("kw", "why"), [
+    ({"start": False}, "created: the hand-off waits for the start"),
+    ({"restart": "on-failure"}, "a failed create must not be retried"),
+    ({"runtime": "/usr/bin/crun"}, "crun's cgroup move"),
+    ({"supervisor": "sdshim"}, "the monitor's unit"),
+])
+def test_what_keeps_the_hand_off(kw: dict[str, Any], why: str) -> None:
+    args = {"name": "web", "id": CID, "bundle": Path("/srv/web"),
+            "runtime": "/usr/sbin/runc", "supervisor": "systemd", **kw}
+    assert not ContainerSpec(**args).direct, why
+
+
+def test_slice_paths() -> None:
+    assert direct.slice_path("sdshim.slice") == "/sdshim.slice"
+    assert direct.slice_path("a-b-c.slice") == "/a.slice/a-b.slice/a-b-c.slice"
+    assert direct.slice_path("-.slice") == ""
+    s = spec(supervisor="systemd", properties=[("Slice", "s", "web-prod.slice")])
+    assert direct.cgroups_path(s) == "/web.slice/web-prod.slice/sdshim-web.service/container"
+    assert direct.cgroups_path(spec(supervisor="systemd")) == \
+        "/sdshim.slice/sdshim-web.service/container"
+
+
+def test_exec_check_states() -> None:
+    check = direct.ExecCheck("/usr/sbin/runc", 100.0)
+    assert check.look("/memfd:runc_cloned:/proc/self/exe (deleted)", 100.0) == direct.PENDING
+    assert check.look("", 100.1) == direct.PENDING  # unreadable for a moment
+    assert check.look("/usr/bin/sleep", 100.2) == direct.RUNNING
+    assert direct.ExecCheck("/usr/sbin/runc", 0).look(None, 0.5) == direct.ENDED
+    late = direct.ExecCheck("/usr/sbin/runc", 0)
+    assert late.look("/usr/sbin/runc", direct.EXEC_TIMEOUT) == direct.RUNNING
+    assert direct.read_exe(0) is None
+
+
+def test_leaf_script_moves_the_runtime_and_runs_the_command(tmp_path: Path) -> None:
+    # The script as systemd runs it ($$ is its escape for $), on a fake hierarchy.
+    unit = "sdshim-web.service"
+    procs = tmp_path / "cgroup"
+    procs.write_text("1:name=systemd:/sdshim.slice/sdshim-web.service\n"
+                     "0::/sdshim.slice/sdshim-web.service\n")
+    script = direct.LEAF_SCRIPT.replace("$$", "$").replace("/proc/self/cgroup", str(procs))
+    root = tmp_path / "fs"
+    out = spawn.run(["/bin/sh", "-c", script, "sdshim-leaf", str(root), unit,
+                     "sh", "-c", "echo $$"])
+    leaf = root / "sdshim.slice" / unit / "supervisor" / "cgroup.procs"
+    # Moved in the unified hierarchy only (the v1 line is not the unified one), and the
+    # command is the same process (exec).
+    assert leaf.read_text().strip() == out.stdout.decode().strip()
+    assert sorted(p.name for p in (root / "sdshim.slice" / unit).iterdir()) == ["supervisor"]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")  # a file where the hierarchy should be: mkdir fails
+    failed = spawn.run(["/bin/sh", "-c", script, "sdshim-leaf", str(blocked), unit, "true"],
+                       check=False)
+    assert failed.returncode == 1
+    assert b"sdshim: cannot move the runtime to" in failed.stderr
