@@ -138,7 +138,9 @@ class Handoff:
             raise HandoffError(
                 f"cannot read {leanos.join(self.opts.bundle, 'config.json')}: {e}") from None
         try:
-            out, err = journal.open_streams(self.name, self.opts.unit)
+            # One stream for stdout and stderr, as a native service's (and the direct
+            # start's, sdshim.units.direct): the lines keep their order.
+            out = journal.open_stream(self.name, self.opts.unit, journal.PRIORITY_STDOUT)
         except OSError as e:
             raise HandoffError(f"cannot connect the container's output to journald: {e}"
                                ) from None
@@ -148,10 +150,9 @@ class Handoff:
         argv = self.rt.argv("create", "--bundle", config, "--pid-file", self.path("pid"),
                             self.id)
         try:
-            code = run_child(argv, env=env, stdout=out, stderr=err)
+            code = run_child(argv, env=env, stdout=out, stderr=out)
         finally:
             posix.close(out)
-            posix.close(err)
         if code != 0:
             raise HandoffError(self.rt.last_error() or f"{self.rt.name} create {_how(code)}")
         try:

@@ -209,12 +209,13 @@ def synchronize(poller: Poller, done: Callable[[bool], None], timeout: float = 5
     poller.arm(timer, timeout, lambda: end(False))
 
 
-def stream_line_query(identifier: str, priority: int) -> list[str]:
+def stream_line_query(identifier: str, priority: int | None = None) -> list[str]:
     """journalctl's argv for the last line this unit's invocation wrote with identifier
-    and priority through a stream connection (the monitor never saw it)."""
+    (and priority, if given) through a stream connection (the monitor never saw it)."""
     return ["journalctl", "--quiet", "--all", "-o", "cat", "-n", "1",
             f"_SYSTEMD_INVOCATION_ID={leanos.getenv('INVOCATION_ID')}",
-            f"SYSLOG_IDENTIFIER={identifier}", f"PRIORITY={priority}"]
+            f"SYSLOG_IDENTIFIER={identifier}", "_TRANSPORT=stdout",
+            *([f"PRIORITY={priority}"] if priority is not None else [])]
 
 
 class LineSplitter:

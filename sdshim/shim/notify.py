@@ -15,8 +15,9 @@ MAX_NOTIFY = 4096
 
 
 class Notifier:
-    def __init__(self) -> None:
-        path = leanos.popenv("NOTIFY_SOCKET")  # not for the programs it starts
+    def __init__(self, fallback: str = "") -> None:
+        """fallback: the socket to use when NOTIFY_SOCKET is not set."""
+        path = leanos.popenv("NOTIFY_SOCKET") or fallback  # not for the programs it starts
         self.addr = "\0" + path[1:] if path.startswith("@") else path
         self.sock: _socket.socket | None = None
         if self.addr:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 else:
     import _signal
 
+# systemd's notification socket as the system manager (PID 1) listens on it.
+SYSTEM_NOTIFY_SOCKET = "/run/systemd/notify"
 # runc's init exits 1 (runc 1.1) or 255 (others) when the command's execve failed.
 EXEC_FAILURE_STATUS = (1, 255)
 
@@ -100,12 +102,12 @@ def sync(timeout: float = 5.0) -> bool:
         sock.close()
 
 
-def last_stderr_line(name: str) -> bytes:
-    """The container's last stderr line (where runc's init reports a failed execve),
-    from the journal, once stored."""
+def last_line(name: str) -> bytes:
+    """The container's last line (where runc's init reports a failed execve: stdout and
+    stderr are one stream here), from the journal, once stored."""
     sync()
     try:
-        out = spawn.run(journal.stream_line_query(name, journal.PRIORITY_STDERR),
+        out = spawn.run(journal.stream_line_query(name),
                         check=False, timeout=10)
     except spawn.CommandError:
         return b""
@@ -150,7 +152,7 @@ def record(name: str, state: dict[str, Any], directory: str, rt: runtime.Runtime
     code = result["exit_code"]
     if not failed and not state.get("exec_confirmed") and code in EXEC_FAILURE_STATUS \
             and result["signal"] is None:
-        line = last_stderr_line(name)
+        line = last_line(name)
         if runtime.is_exec_failure(line):
             message = runtime.clean_message(line.decode(errors="replace"))
             result.update(error=message, exit_code=runtime.classify(message))
@@ -207,7 +209,9 @@ def main(argv: list[str]) -> int:
         state["status"] = "exited"
         rundir.write_json(leanos.join(directory, "state.json"), state)
     text = lifecycle.describe(result, f"Container {result['name']}")
-    notifier = Notifier()
+    # The direct start unsets NOTIFY_SOCKET for the runtime's sake (sdshim.units.direct);
+    # NotifyAccess=all still takes this process's StatusText= at PID 1's socket.
+    notifier = Notifier(SYSTEM_NOTIFY_SOCKET if state.get("direct") else "")
     notifier.send(STATUS=f"Error: {result['error']}" if result.get("error") else text)
     event = "failed" if result.get("error") else "exited"
     try:

@@ -12,13 +12,14 @@ a Python process between systemd and the container.
 What the hand-off did in the unit, the caller does around it: before the start, the
 records and the effective config (prepare); after the job, the exec check (ExecCheck),
 which tells a command that runs from one that ended at once (an exec failure, which the
-stop step found in the container's last stderr line, or its own exit). The stop step
+stop step finds in the container's last line, or its own exit). The stop step
 (sdshim.shim.stoppost) records every exit, a failed `runc create` included (from the
 runtime's JSON log), and deletes the runtime's state, as for the hand-off.
 
-The container's stdout and stderr are two journald streams that systemd-cat opens from
-inside the unit (so journald adds the unit's LogExtraFields=), with the name as
-SYSLOG_IDENTIFIER and priorities info and err, as the stream driver's.
+The container's stdout and stderr are the unit's own, as a native service's: one
+journald stream that systemd opens from inside the unit (journald adds the unit's
+LogExtraFields=), the name as SYSLOG_IDENTIFIER, priority info. One stream keeps the
+order of stdout and stderr lines; it cannot tell them apart (see README).
 """
 
 from __future__ import annotations
@@ -36,12 +37,7 @@ if TYPE_CHECKING:
 
     from sdshim.units.spec import ContainerSpec, Property
 
-SYSTEMD_CAT = "/usr/bin/systemd-cat"
 SH = "/bin/sh"
-# NotifyAccess=all lets the stop step set StatusText=; the runtime must not see
-# NOTIFY_SOCKET, or it proxies the container's notifications (through a socket whose
-# path is too long for runc's root here).
-ENV = "/usr/bin/env"
 CGROUP_FS = "/sys/fs/cgroup"
 # On a unified-only (cgroup v2) host an inner cgroup may hold no processes once the
 # runtime enables controllers below it: `runc create` moves itself to the unit's
@@ -69,8 +65,7 @@ def eligible(spec: ContainerSpec) -> bool:
             and runtime.places_processes(spec.runtime)
             and leanos.basename(spec.runtime) == "runc"
             and not (f.listen or f.load or f.set or f.reload_signal)
-            and spec.health is None and spec.sdnotify == "monitor"
-            and leanos.exists(SYSTEMD_CAT))
+            and spec.health is None and spec.sdnotify == "monitor")
 
 
 def slice_path(slice_unit: str) -> str:
@@ -108,19 +103,25 @@ def cgroups_path(spec: ContainerSpec) -> str:
 def properties(spec: ContainerSpec, props: list[Property]) -> list[Property]:
     """The unit's properties (props: the hand-off's) with the runtime as its commands."""
     paths = Paths(spec)
-    create = [ENV, "-u", "NOTIFY_SOCKET", SYSTEMD_CAT, "--identifier", spec.name, "--priority", "info",
-              "--stderr-priority", "err", "--level-prefix", "false",
-              *paths.rt.argv("create", "--bundle", paths.config, "--pid-file", paths.pid,
-                             spec.id)]
+    create = paths.rt.argv("create", "--bundle", paths.config, "--pid-file", paths.pid,
+                           spec.id)
     if unified_only():
         create = [SH, "-c", LEAF_SCRIPT, "sdshim-leaf", CGROUP_FS, spec.unit, *create]
-    start = [ENV, "-u", "NOTIFY_SOCKET", *paths.rt.argv("start", spec.id)]
+    start = paths.rt.argv("start", spec.id)
     replaced = {"Type": ("Type", "s", "forking"),
-                "ExecStart": ("ExecStart", "a(sasb)", [[create[0], create, False]])}
+                "ExecStart": ("ExecStart", "a(sasb)", [[create[0], create, False]]),
+                # The container's output is the unit's: its lines carry the name.
+                "SyslogIdentifier": ("SyslogIdentifier", "s", spec.name)}
     return [*(replaced.get(p[0], p) for p in props),
             ("PIDFile", "s", paths.pid),
             ("GuessMainPID", "b", False),
-            ("ExecStartPost", "a(sasb)", [[start[0], start, False]])]
+            ("ExecStartPost", "a(sasb)", [[start[0], start, False]]),
+            # Lines as the container wrote them: a leading <N> is not a priority.
+            ("SyslogLevelPrefix", "b", False),
+            # The runtime must not see NOTIFY_SOCKET (NotifyAccess=all is for the stop
+            # step's StatusText=): runc would proxy the container's notifications and
+            # make `runc start` wait for its READY=1.
+            ("UnsetEnvironment", "as", ["NOTIFY_SOCKET"])]
 
 
 def prepare(spec: ContainerSpec) -> None:
