@@ -133,6 +133,31 @@ def launch(
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
 
 
+def call(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+         stdout: int | None = None, stderr: int | None = None) -> int:
+    """Run argv to its end, stdin from /dev/null (launch(), without subprocess); its
+    Popen-style return code. Reaps its own pid only: fine in a subreaper too."""
+    pid = launch(argv, env=env, stdin=DEVNULL, stdout=stdout, stderr=stderr)
+    while True:
+        try:
+            _, status = posix.waitpid(pid, 0)
+            return posix.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
+
+
+async def call_async(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    """call() under asyncio (stdio to /dev/null); the return code."""
+    import asyncio
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+    except FileNotFoundError as e:
+        raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
+    return await proc.wait()
+
+
 def _fork_exec(argv: list[str], env: Mapping[str, str], fds: tuple[int | None, ...],
                preexec: Callable[[], None]) -> int:
     """posix_spawn's work by hand, with preexec() in the child just before the exec. The

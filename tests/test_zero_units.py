@@ -21,8 +21,8 @@ CID = "ab" * 32
 
 
 def spec(**kw: Any) -> ContainerSpec:
-    return ContainerSpec(name="web", id=CID, bundle=Path("/srv/web"), runtime="/usr/sbin/runc",
-                         **kw)
+    return ContainerSpec(**{"name": "web", "id": CID, "bundle": Path("/srv/web"),
+                            "runtime": "/usr/sbin/runc", **kw})
 
 
 def props(s: ContainerSpec) -> dict[str, Any]:
@@ -34,9 +34,9 @@ def props(s: ContainerSpec) -> dict[str, Any]:
 
 
 def test_zero_resident_unit_properties() -> None:
-    # Created, not started: the hand-off waits in the unit for the start.
+    # crun: the hand-off moves its init into the container's cgroup.
     p = props(spec(supervisor="systemd", stop_timeout=7, stop_signal=int(signal.SIGUSR1),
-                   tag="front", start=False))
+                   tag="front", runtime="/usr/bin/crun"))
     assert (p["Type"], p["NotifyAccess"], p["KillMode"]) == ("notify", "all", "mixed")
     assert (p["KillSignal"], p["TimeoutStopUSec"]) == (int(signal.SIGUSR1), 7_000_000)
     assert p["LogExtraFields"] == [b"CONTAINER_ID=" + CID[:12].encode(),
@@ -49,7 +49,7 @@ def test_zero_resident_unit_properties() -> None:
     assert stoppost.parse(argv) == ("web", "sdshim-web.service")
     [(_, start_argv, _)] = p["ExecStart"]
     parsed = options.parse(start_argv[start_argv.index("--name"):])
-    assert (parsed.supervisor, parsed.log_driver, parsed.start) == ("systemd", "stream", False)
+    assert (parsed.supervisor, parsed.log_driver, parsed.start) == ("systemd", "stream", True)
     assert (p["RemainAfterExit"], p["Delegate"]) == (True, True)
 
 
@@ -124,8 +124,11 @@ def test_direct_start_unit_runs_the_runtime_itself() -> None:
         CID]
     assert argv[argv.index("--log"):argv.index("--log") + 4] == [
         "--log", "/run/sdshim/web/runtime.log", "--log-format", "json"]
-    [(_, post, _)] = p["ExecStartPost"]
-    assert post[0] == "/usr/sbin/runc" and post[-2:] == ["start", CID]
+    # The caller runs `runc start` once systemd has the init (direct.Start).
+    assert "ExecStartPost" not in p
+    assert direct.Start("web", {"runtime": "/usr/sbin/runc", "id": CID}).argv[-2:] == \
+        ["start", CID]
+    assert spec(supervisor="systemd", start=False).direct  # created: nothing resident
     # The container's lines are the unit's: named, verbatim; the runtime never sees
     # NOTIFY_SOCKET.
     assert (p["SyslogIdentifier"], p["SyslogLevelPrefix"]) == ("web", False)
@@ -136,7 +139,6 @@ def test_direct_start_unit_runs_the_runtime_itself() -> None:
 
 
 @pytest.mark.parametrize(("kw", "why"), [
-    ({"start": False}, "created: the hand-off waits for the start"),
     ({"restart": "on-failure"}, "a failed create must not be retried"),
     ({"runtime": "/usr/bin/crun"}, "crun's cgroup move"),
     ({"supervisor": "sdshim"}, "the monitor's unit"),

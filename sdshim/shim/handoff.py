@@ -358,13 +358,7 @@ class Handoff:
 def run_child(argv: list[str], *, env: dict[str, str] | None = None,
               stdout: int | None = None, stderr: int | None = None) -> int:
     """Run argv to its end; Popen-style return code. Not a subreaper: waitpid(pid)."""
-    pid = spawn.launch(argv, env=env, stdin=spawn.DEVNULL, stdout=stdout, stderr=stderr)
-    while True:
-        try:
-            _, status = posix.waitpid(pid, 0)
-            return posix.waitstatus_to_exitcode(status)
-        except InterruptedError:
-            continue
+    return spawn.call(argv, env=env, stdout=stdout, stderr=stderr)
 
 
 def _how(code: int) -> str:

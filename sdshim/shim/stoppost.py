@@ -114,6 +114,31 @@ def last_line(name: str) -> bytes:
     return bytes(out.stdout).rstrip(b"\n").strip()
 
 
+def wait_for_start(directory: str, timeout: float = 10.0) -> None:
+    """Until no `runc start` of the direct start's caller runs (sdshim.units.direct
+    .Start.hold): a command that ended at once must not have its runtime state deleted
+    under it. Bounded: a caller that hangs does not keep the unit from stopping."""
+    import fcntl
+    import time
+
+    try:
+        fd = posix.open(leanos.join(directory, "start.lock"), posix.O_RDWR | posix.O_CLOEXEC)
+    except OSError:
+        return  # never started by a caller
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+    finally:
+        posix.close(fd)
+
+
 def parse(argv: list[str]) -> tuple[str, str]:
     """`--stop-post --name NAME --unit UNIT` (other options, a template's, are ignored):
     everything else is in the records the hand-off wrote."""
@@ -198,6 +223,7 @@ def main(argv: list[str]) -> int:
                          leanos.join(directory, "runtime.log"))
     if result is None:
         result = record(name, state, directory, rt, unit)
+    wait_for_start(directory)
     try:
         run_child(rt.argv("delete", "--force", str(result.get("id") or state.get("id"))),
                   stdout=spawn.DEVNULL, stderr=spawn.DEVNULL)

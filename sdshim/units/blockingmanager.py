@@ -81,7 +81,7 @@ class BlockingManager:
     def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
         status = self.status(name)
         check_killable(name, status)
-        if without_monitor(status) and status["state"] == "running":
+        if without_monitor(status) and (status["state"] == "running" or status["direct"]):
             self.systemd.kill(status["unit"], "main", signum)  # the init is the main process
             return
         check_reply(name, self.control(name, {"op": "kill", "signal": signum}))

@@ -10,13 +10,14 @@ command used to spend before it did anything.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
-from sdshim import naming, records
-from sdshim.errors import BundleError, CreateError, RuntimeNotFoundError
+from sdshim import naming, records, spawn
+from sdshim.errors import BundleError, CreateError, RuntimeNotFoundError, SdshimError
 from sdshim.signals import signal_number
 from sdshim.units import direct
 from sdshim.units.blockingbus import BlockingSystemd
@@ -120,16 +121,39 @@ def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
             if starting.refused_call:
                 direct.discard(spec)
             raise
-        check = direct.ExecCheck(spec.runtime, time.monotonic())
-        pid = direct.main_pid(spec)
-        while check.look(direct.read_exe(pid), time.monotonic()) == direct.PENDING:
-            time.sleep(0.001)
-        if check.state == direct.RUNNING:
-            direct.record_running(spec, pid)
-            return spec.name
-        from sdshim.units.blockingmanager import BlockingManager
+        pid = direct.record_created(spec.name)
+        if start:
+            start_direct(systemd, spec.name, pid, {"runtime": spec.runtime, "id": spec.id})
+    return spec.name
 
-        ended = BlockingManager(systemd).wait(spec.name, 30)
+
+def start_direct(systemd: BlockingSystemd, name: str, pid: int,
+                 state: dict[str, Any]) -> None:
+    """`runc start` of a created container of the direct start (sdshim.units.direct),
+    and the exec check; raises why its command did not run. (Manager.start_direct is
+    the same on asyncio.)"""
+    start = direct.Start(name, state)
+    lock = start.hold()
+    try:
+        code = spawn.call(start.argv, env=start.env, stdout=spawn.DEVNULL,
+                          stderr=spawn.DEVNULL)
+    finally:
+        os.close(lock)
+    failed = start.error(code)
+    if failed is not None:
+        try:  # noqa: SIM105 (the blocking path does not import contextlib)
+            systemd.kill(naming.unit_name(name), "main", int(signal.SIGKILL))
+        except SdshimError:
+            pass  # it ended meanwhile
+        raise failed
+    check = direct.ExecCheck(start.rt.path, time.monotonic())
+    while check.look(direct.read_exe(pid), time.monotonic()) == direct.PENDING:
+        time.sleep(0.001)
+    if check.state == direct.RUNNING:
+        direct.record_running(name, pid)
+        return
+    from sdshim.units.blockingmanager import BlockingManager
+
+    ended = BlockingManager(systemd).wait(name, 30)
     if ended.get("error"):
         raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
-    return spec.name

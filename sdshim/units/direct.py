@@ -1,20 +1,21 @@
-"""Zero-resident containers started with no sdshim process at all (--supervisor systemd,
-started at once, runc): the unit runs the runtime itself.
+"""Zero-resident containers with no sdshim process at all (--supervisor systemd, runc):
+the unit runs the runtime itself, and the caller does the rest.
 
 The unit is Type=forking. ExecStart= is `runc create`, whose init then waits on runc's
 exec FIFO; runc is no subreaper, so the init is PID 1's child once `runc create` has
-returned, and systemd takes it from the pid file (PIDFile=) as the main process before
-anything can start it. Only then ExecStartPost= runs `runc start`. The init cannot end
-before systemd knows it as the main process, so every exit, however early, is the
-unit's ExecMainStatus: the same order as the hand-off's (sdshim.shim.handoff), without
-a Python process between systemd and the container.
+returned, and systemd takes it from the pid file (PIDFile=) as the main process: the
+start job is done, the container created. Only then does the caller run `runc start`
+(Start): the init cannot end before systemd knows it as the main process, so every
+exit, however early, is the unit's ExecMainStatus. The same order as the hand-off's
+(sdshim.shim.handoff), without a Python process in the unit, and a created container
+costs nothing resident either.
 
-What the hand-off did in the unit, the caller does around it: before the start, the
-records and the effective config (prepare); after the job, the exec check (ExecCheck),
-which tells a command that runs from one that ended at once (an exec failure, which the
-stop step finds in the container's last line, or its own exit). The stop step
-(sdshim.shim.stoppost) records every exit, a failed `runc create` included (from the
-runtime's JSON log), and deletes the runtime's state, as for the hand-off.
+What the hand-off did in the unit, the caller does around it: before the start job,
+the records and the effective config (prepare); after it, `runc start` and the exec
+check (ExecCheck), which tells a command that runs from one that ended at once (an exec
+failure, which the stop step finds in the container's last line, or its own exit). The
+stop step (sdshim.shim.stoppost) records every exit, a failed `runc create` or `runc
+start` included (from the runtime's JSON log), and deletes the runtime's state.
 
 The container's stdout and stderr are the unit's own, as a native service's: one
 journald stream that systemd opens from inside the unit (journald adds the unit's
@@ -24,11 +25,12 @@ order of stdout and stderr lines; it cannot tell them apart (see README).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 
 from sdshim import leanos, naming, rundir
-from sdshim.errors import BundleError, ContainerExistsError
+from sdshim.errors import BundleError, ContainerExistsError, CreateError
 from sdshim.shim import runtime
 
 TYPE_CHECKING = False
@@ -56,12 +58,12 @@ RUNNING, PENDING, ENDED = "running", "pending", "ended"
 
 
 def eligible(spec: ContainerSpec) -> bool:
-    """Whether spec's container starts without the hand-off: what needs a process of
-    sdshim's in the unit (a created container waiting for its start, a restart policy
-    that must not retry a failed create, crun's cgroup move, sockets, credentials,
+    """Whether spec's container goes without the hand-off: what needs a process of
+    sdshim's in the unit (a restart policy, whose every run must start the container
+    and must not retry a failed create; crun's cgroup move; sockets, credentials,
     reload) keeps it."""
     f = spec.features
-    return (spec.zero_resident and spec.start and spec.restart == "no"
+    return (spec.zero_resident and spec.restart == "no"
             and runtime.places_processes(spec.runtime)
             and leanos.basename(spec.runtime) == "runc"
             and not (f.listen or f.load or f.set or f.reload_signal)
@@ -107,7 +109,6 @@ def properties(spec: ContainerSpec, props: list[Property]) -> list[Property]:
                            spec.id)
     if unified_only():
         create = [SH, "-c", LEAF_SCRIPT, "sdshim-leaf", CGROUP_FS, spec.unit, *create]
-    start = paths.rt.argv("start", spec.id)
     replaced = {"Type": ("Type", "s", "forking"),
                 "ExecStart": ("ExecStart", "a(sasb)", [[create[0], create, False]]),
                 # The container's output is the unit's: its lines carry the name.
@@ -115,7 +116,6 @@ def properties(spec: ContainerSpec, props: list[Property]) -> list[Property]:
     return [*(replaced.get(p[0], p) for p in props),
             ("PIDFile", "s", paths.pid),
             ("GuessMainPID", "b", False),
-            ("ExecStartPost", "a(sasb)", [[start[0], start, False]]),
             # Lines as the container wrote them: a leading <N> is not a priority.
             ("SyslogLevelPrefix", "b", False),
             # The runtime must not see NOTIFY_SOCKET (NotifyAccess=all is for the stop
@@ -160,13 +160,88 @@ def discard(spec: ContainerSpec) -> None:
     shutil.rmtree(rundir.container_dir(spec.name), ignore_errors=True)
 
 
-def main_pid(spec: ContainerSpec) -> int:
+def main_pid(name: str) -> int:
     """The init's pid, from runc's pid file (systemd's PIDFile=); 0 if unreadable."""
     try:
-        with open(Paths(spec).pid) as f:
+        with open(leanos.join(rundir.container_dir(name), "pid")) as f:
             return int(f.read())
     except (OSError, ValueError):
         return 0
+
+
+def lock_path(name: str) -> str:
+    """Held while `runc start` runs (Start.hold; sdshim.shim.stoppost waits for it)."""
+    return leanos.join(rundir.container_dir(name), "start.lock")
+
+
+def record(name: str, **changes: Any) -> None:
+    """Update the container's state, unless the stop step has recorded its end."""
+    path = leanos.join(rundir.container_dir(name), "state.json")
+    state: dict[str, Any] = rundir.read_json(path) or {}
+    if state.get("status") == "exited":
+        return  # ended meanwhile: the stop step's word is the last
+    state.update(changes)
+    rundir.write_json(path, state)
+
+
+def record_created(name: str) -> int:
+    """The state once systemd has the init as the unit's main process; its pid."""
+    pid = main_pid(name)
+    record(name, status="created", pid=pid or None)
+    return pid
+
+
+def record_running(name: str, pid: int) -> None:
+    """The state once the command runs (the stop step need not look for an exec
+    failure then)."""
+    record(name, status="running", pid=pid, exec_confirmed=True, started_at=rundir.now_iso())
+
+
+class Start:
+    """`runc start` of a created container, from the caller (not the unit: a process
+    less for systemd to fork per container), and what its end means.
+
+    The transport runs argv (environment: env, output to /dev/null: the runtime logs its
+    errors) and asks error() what its return code means: an error (the runtime's words)
+    means the init is to be killed, so that the unit ends and its stop step records the
+    failure; otherwise the exec check follows.
+    """
+
+    __slots__ = ("argv", "name", "rt")
+
+    def __init__(self, name: str, state: dict[str, Any]) -> None:
+        self.name = name
+        path = str(state.get("runtime") or "runc")
+        self.rt = runtime.Runtime(path, rundir.runtime_root(path),
+                                  leanos.join(rundir.container_dir(name), "runtime.log"))
+        self.argv = self.rt.argv("start", str(state.get("id")))
+
+    @property
+    def env(self) -> dict[str, str]:
+        # runc proxies NOTIFY_SOCKET, and `runc start` would wait for the container's
+        # READY=1: a caller that is a service itself must not pass its own on.
+        return leanos.environ("NOTIFY_SOCKET")
+
+    def hold(self) -> int:
+        """The start lock (an fd to close once `runc start` has ended): the stop step
+        deletes the runtime's state only once it is free. A command that ends at once
+        would otherwise have its state deleted under a `runc start` that is still
+        finishing, which then fails (exec.fifo gone) although the command ran."""
+        fd = os.open(lock_path(self.name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def error(self, code: int) -> CreateError | None:
+        """What `runc start`'s return code means: None, or the error (its logged words)."""
+        if code == 0:
+            return None
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        message = runtime.clean_message(self.rt.last_error() or f"{self.rt.name} start {how}")
+        return CreateError(message, runtime.classify(message))
 
 
 class ExecCheck:
@@ -203,15 +278,3 @@ def read_exe(pid: int) -> str | None:
         return None
     except OSError:
         return ""
-
-
-def record_running(spec: ContainerSpec, pid: int) -> None:
-    """The state once the command runs (the stop step need not look for an exec
-    failure then)."""
-    path = Paths(spec).state
-    state: dict[str, Any] = rundir.read_json(path) or {}
-    if state.get("status") == "exited":
-        return  # ended meanwhile: the stop step's word is the last
-    state.update(status="running", pid=pid, exec_confirmed=True,
-                 started_at=rundir.now_iso())
-    rundir.write_json(path, state)

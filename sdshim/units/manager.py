@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -86,8 +87,8 @@ class Manager:
         if not spec.direct:
             await self.systemd.start_unit(unit_start(spec))
             return spec.name
-        # No sdshim process in the unit (sdshim.units.direct): the records and the exec
-        # check are the caller's.
+        # No sdshim process in the unit (sdshim.units.direct): the records, `runc start`
+        # and the exec check are the caller's.
         direct.prepare(spec)
         starting = unit_start(spec)
         try:
@@ -96,24 +97,45 @@ class Manager:
             if starting.refused_call:
                 direct.discard(spec)
             raise
+        pid = direct.record_created(spec.name)
+        if start:
+            await self.start_direct(spec.name, pid, {"runtime": spec.runtime, "id": spec.id})
+        return spec.name
+
+    async def start_direct(self, name: str, pid: int, state: dict[str, Any]) -> None:
+        """creation.start_direct on asyncio: `runc start`, the exec check, and why the
+        command did not run."""
+        start = direct.Start(name, state)
+        lock = start.hold()  # blocks only behind another start of the same container
+        try:
+            code = await spawn.call_async(start.argv, env=start.env)
+        finally:
+            os.close(lock)
+        failed = start.error(code)
+        if failed is not None:
+            with contextlib.suppress(BusCallError):  # it ended meanwhile
+                await self.systemd.kill(unit_of(name), "main", int(signal.SIGKILL))
+            raise failed
         loop = asyncio.get_running_loop()
-        check = direct.ExecCheck(spec.runtime, loop.time())
-        pid = direct.main_pid(spec)
+        check = direct.ExecCheck(start.rt.path, loop.time())
         while check.look(direct.read_exe(pid), loop.time()) == direct.PENDING:
             await asyncio.sleep(0.001)
         if check.state == direct.RUNNING:
-            direct.record_running(spec, pid)
-            return spec.name
-        ended = await self.wait(spec.name, 30)
+            direct.record_running(name, pid)
+            return
+        ended = await self.wait(name, 30)
         if ended.get("error"):
             raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
-        return spec.name
 
     async def start(self, name: str) -> None:
         status = await self.status(name)
         if status["state"] != "created":
             raise ContainerStateError(f"container {name} is {status['state']}, not created; "
                                       "only a created container can be started")
+        if status.get("direct"):
+            state = records.read_json(records.container_dir(name) / "state.json") or {}
+            await self.start_direct(name, int(status.get("pid") or 0), state)
+            return
         try:
             reply = await start_monitored(records.container_dir(name), f"container {name}")
         except ContainerStateError:
@@ -218,7 +240,7 @@ class Manager:
     async def kill(self, name: str, signum: int = int(signal.SIGTERM)) -> None:
         status = await self.status(name)
         check_killable(name, status)
-        if without_monitor(status) and status["state"] == "running":
+        if without_monitor(status) and (status["state"] == "running" or status["direct"]):
             # The container's init is the unit's main process: systemd signals it.
             await self.systemd.kill(status["unit"], "main", signum)
             return

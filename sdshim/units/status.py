@@ -51,6 +51,7 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         "invocation_ids": state.get("invocation_ids", []),
         "tty": bool(state.get("tty")), "stdin": bool(state.get("stdin")),
         "supervisor": state.get("supervisor", "sdshim"),
+        "direct": bool(state.get("direct")),
         "unit_state": None, "status_text": None, "unit_result": None,
         "socket": socket_unit(props), "watchdog": False,
         # --health-cmd: status, failing_streak, log (the last results); else None.
@@ -88,11 +89,11 @@ def describe(name: str, unit: str, props: dict[str, Any] | None) -> dict[str, An
         info.update(state="exited", **_main_exit(props))
     elif _unit_ended(props):
         info.update(state="exited", error=_monitor_death(props))
-    elif props is not None and state.get("direct") and \
-            props.get("ActiveState") == "active" and props.get("SubState") == "running":
-        # No sdshim process ever (sdshim.units.direct): systemd's word, before the
-        # caller has recorded the exec; the init is the main process.
-        info.update(state="running", pid=info["pid"] or props.get("MainPID") or None)
+    elif props is not None and state.get("direct") and state.get("status") == "creating" \
+            and props.get("ActiveState") == "active" and props.get("SubState") == "running":
+        # No sdshim process in the unit (sdshim.units.direct): the caller that made it
+        # had no time to record it; the init waits for its start as the main process.
+        info.update(state="created", pid=props.get("MainPID") or None)
     else:
         info["state"] = {"created": "created", "running": "running", "started": "running",
                          "exiting": "exiting"}.get(str(state.get("status")), "creating")
