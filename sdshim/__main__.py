@@ -1,5 +1,3 @@
-import sys
+from sdshim.units.cli import entry
 
-from sdshim.units.cli import main
-
-sys.exit(main())
+entry()

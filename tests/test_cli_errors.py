@@ -339,3 +339,46 @@ def test_the_python_api_refuses_a_nan_stop_time() -> None:
         BlockingManager(None).stop("web", float("nan"))  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="invalid --time -1"):
         asyncio.run(Manager(None).stop("web", -1))  # type: ignore[arg-type]
+
+
+# --- the console script's quick exit (cli.entry) ---------------------------------------
+
+
+def test_the_lean_path_exits_quickly_with_its_output_flushed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the console script runs it: one line, sdshim's exit code.
+    out = subprocess.run([sys.executable, "-m", "sdshim", "create", "--name", "sdt-quick",
+                          str(tmp_path / "nothing")], capture_output=True, timeout=60)
+    assert out.returncode == 125, out
+    assert out.stderr.decode().splitlines() == [
+        f"sdshim: bundle {tmp_path / 'nothing'} does not exist or is not a directory; give "
+        "the directory that holds config.json and the rootfs"]
+    # os._exit skips Python's finalization: stdout and stderr are flushed before it.
+    flushed: list[str] = []
+
+    class Stream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush(self) -> None:
+            flushed.append(self.name)
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    monkeypatch.setattr(sys, "stdout", Stream("stdout"))
+    monkeypatch.setattr(sys, "stderr", Stream("stderr"))
+    monkeypatch.delitem(sys.modules, "asyncio", raising=False)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(Exited) as e:
+        cli.entry()
+    assert (e.value.args, flushed) == ((7,), ["stdout", "stderr"])
+    # What loaded asyncio ends the ordinary way.
+    monkeypatch.setitem(sys.modules, "asyncio", object())  # type: ignore[arg-type]
+    with pytest.raises(SystemExit) as ended:
+        cli.entry()
+    assert ended.value.code == 7
