@@ -194,6 +194,15 @@ def _fork_exec(argv: list[str], env: Mapping[str, str], fds: tuple[int | None, .
     return pid
 
 
+def which(program: str) -> str | None:
+    """shutil.which without shutil (and the compression modules it loads): the
+    executable file program names, through PATH unless it is a path."""
+    if "/" in program:
+        ok = posix.access(program, posix.X_OK) and not leanos.isdir(program)
+        return program if ok else None
+    return _which(program, {"PATH": leanos.getenv("PATH")} if leanos.getenv("PATH") else {})
+
+
 def _which(program: str, env: Mapping[str, str]) -> str | None:
     if "/" in program:
         return program

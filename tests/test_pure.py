@@ -456,3 +456,18 @@ def test_leanos_realpath_is_posixpath_realpath(tmp_path: Path) -> None:
     assert leanos.realpath("/") == "/"
     with pytest.raises(OSError):
         leanos.realpath(f"{tmp_path}/loop")
+
+
+def test_which_is_shutil_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from sdshim import spawn
+
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    for program in ("tool", str(tool), str(plain), "plain", str(tmp_path), "sh", "nope"):
+        assert spawn.which(program) == shutil.which(program), program

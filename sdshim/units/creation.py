@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
 
 
 def resolve_runtime(runtime: str) -> str:
-    path = shutil.which(runtime)
+    path = spawn.which(runtime)
     if path is None:
         raise RuntimeNotFoundError(
             f"OCI runtime {runtime!r} not found; install runc or crun, "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 
 from sdshim import leanos, naming, rundir
 from sdshim.errors import BundleError, ContainerExistsError, CreateError
@@ -157,6 +156,8 @@ def prepare(spec: ContainerSpec) -> None:
 
 def discard(spec: ContainerSpec) -> None:
     """The records of a container whose unit systemd refused to make."""
+    import shutil
+
     shutil.rmtree(rundir.container_dir(spec.name), ignore_errors=True)
 
 
