@@ -152,25 +152,41 @@ def memory(scratch: Path, idle: int) -> dict[str, Any]:
     return result
 
 
-def scale(scratch: Path, count: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"count": count, "limits": limits()}
-    common.log(f"scale: {count} sdshim containers at once")
-    s = asyncio.run(sdshim_start(scratch, count, "scale"))
-    result["sdshim"] = {"wall_ms": s["wall_ms"], "failures": s["failures"],
-                        "errors": s["errors"], **common.memory_totals(s["pids"])}
-    asyncio.run(sdshim_delete(s["names"]))
-    common.log(f"scale: {count} zero-resident sdshim containers at once")
-    z = zero_resident(scratch, count, "scalez")
-    result["zero"] = {"wall_ms": z["wall_ms"], "failures": z["failures"],
-                      "errors": z["errors"], "resident_processes": z["resident_processes"],
-                      "total_kb": z["total_kb"]}
-    asyncio.run(sdshim_delete(z["names"]))
-    common.log(f"scale: {count} conmon containers at once")
-    c = conmon_start(scratch, count)
-    result["conmon"] = {"wall_ms": c["wall_ms"], "failures": c["failures"],
-                        "errors": c["errors"], **common.memory_totals(c["pids"])}
-    conmon_delete(c["cids"], c["pids"])
+def scale(scratch: Path, count: int, rounds: int = 3) -> dict[str, Any]:
+    """count containers at once, per method, rounds times, interleaved (a burst of load
+    hits every method alike); wall_ms is the median, walls_ms every round's, memory and
+    errors from the first round, failures of all rounds."""
+    result: dict[str, Any] = {"count": count, "rounds": rounds, "limits": limits()}
+    for r in range(rounds):
+        common.log(f"scale: round {r + 1}/{rounds}: {count} sdshim containers at once")
+        s = asyncio.run(sdshim_start(scratch, count, "scale"))
+        _add(result, "sdshim", {"wall_ms": s["wall_ms"], "failures": s["failures"],
+                                "errors": s["errors"], **common.memory_totals(s["pids"])})
+        asyncio.run(sdshim_delete(s["names"]))
+        common.log(f"scale: round {r + 1}/{rounds}: {count} zero-resident containers")
+        z = zero_resident(scratch, count, "scalez")
+        _add(result, "zero", {"wall_ms": z["wall_ms"], "failures": z["failures"],
+                              "errors": z["errors"],
+                              "resident_processes": z["resident_processes"],
+                              "total_kb": z["total_kb"]})
+        asyncio.run(sdshim_delete(z["names"]))
+        common.log(f"scale: round {r + 1}/{rounds}: {count} conmon containers at once")
+        c = conmon_start(scratch, count)
+        _add(result, "conmon", {"wall_ms": c["wall_ms"], "failures": c["failures"],
+                                "errors": c["errors"], **common.memory_totals(c["pids"])})
+        conmon_delete(c["cids"], c["pids"])
+    for peer in ("sdshim", "zero", "conmon"):
+        result[peer]["wall_ms"] = statistics.median(result[peer]["walls_ms"])
     return result
+
+
+def _add(result: dict[str, Any], peer: str, one: dict[str, Any]) -> None:
+    """One round's figures of peer into result (see scale)."""
+    if peer not in result:
+        result[peer] = {**one, "walls_ms": []}
+    else:
+        result[peer]["failures"] += one["failures"]
+    result[peer]["walls_ms"].append(one["wall_ms"])
 
 
 def limits() -> dict[str, str]:
@@ -236,13 +252,15 @@ def main() -> None:
     p.add_argument("scratch", type=Path)
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("memory").add_argument("--idle", type=int, default=50)
-    sub.add_parser("scale").add_argument("--count", type=int, default=200)
+    scaling = sub.add_parser("scale")
+    scaling.add_argument("--count", type=int, default=200)
+    scaling.add_argument("--rounds", type=int, default=3)
     sub.add_parser("soak").add_argument("--seconds", type=float, default=120)
     args = p.parse_args()
     if args.what == "memory":
         common.emit(memory(args.scratch, args.idle))
     elif args.what == "scale":
-        common.emit(scale(args.scratch, args.count))
+        common.emit(scale(args.scratch, args.count, args.rounds))
     else:
         common.emit(soak(args.scratch, args.seconds))
 

@@ -1,6 +1,7 @@
 """The benchmark: sdshim against conmon, podman and the bare runtime, in one run.
 
-    python3 -m bench.run [--runs 20] [--idle 50] [--scale 200] [--soak 120] [--json FILE]
+    python3 -m bench.run [--runs 20] [--idle 50] [--scale 200] [--scale-rounds 3] [--soak 120]
+                         [--json FILE]
     ./dev.sh bench
 
 Boots a throwaway systemd (sdshim.testbed), runs the measuring scripts inside it
@@ -237,11 +238,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
     if sc:
         peers = [p for p in ("sdshim", "zero", "conmon") if p in sc]
         rows = [[{"zero": "sdshim zero-resident"}.get(peer, peer),
-                 f"{sc[peer]['wall_ms'] / 1000:.2f}", str(sc[peer]["failures"]),
+                 f"{sc[peer]['wall_ms'] / 1000:.2f}",
+                 " / ".join(f"{w / 1000:.2f}" for w in sc[peer].get("walls_ms", [])),
+                 str(sc[peer]["failures"]),
                  *(mb(sc[peer]["total_kb"][k]) for k in common.MEMORY_FIELDS)]
                 for peer in peers]
         out += [f"### 3. Scale: {sc['count']} containers started at once", "",
-                table(["monitor", "wall time until all run (s)", "failures",
+                table(["monitor", "wall time until all run (s), median",
+                       "each round (s), interleaved", "failures",
                        "total Pss (MB)", "total Private_Dirty (MB)", "total Rss (MB)"], rows),
                 "", "Limits in the box: " + ", ".join(f"{k} {v}" for k, v in
                                                       sc["limits"].items()), ""]
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20, help="start-latency runs per method")
     p.add_argument("--idle", type=int, default=50, help="idle containers for the memory table")
     p.add_argument("--scale", type=int, default=200, help="containers started at once")
+    p.add_argument("--scale-rounds", type=int, default=3,
+                   help="rounds of the scale table, interleaved; it gives the median")
     p.add_argument("--soak", type=float, default=120, help="seconds of the 1 MB/s log stream")
     p.add_argument("--skip", action="append", default=[],
                    choices=("startup", "memory", "scale", "logs", "soak"))
@@ -331,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                                                "--idle", str(args.idle), python=py)
                 if "scale" not in args.skip:
                     results["scale"] = inside(box, "footprint", s, "scale",
-                                              "--count", str(args.scale), python=py)
+                                              "--count", str(args.scale), "--rounds",
+                                              str(args.scale_rounds), python=py)
                 if "soak" not in args.skip:
                     results["soak"] = inside(box, "footprint", s, "soak",
                                              "--seconds", str(args.soak),
