@@ -37,11 +37,11 @@ STDLIB_ALLOWED = {
 SDSHIM_ALLOWED = {
     "sdshim", "sdshim.exits", "sdshim.leanjson", "sdshim.leanos", "sdshim.privapi",
     "sdshim.rundir", "sdshim.signals", "sdshim.spawn",
-    "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.container", "sdshim.shim.framing",
-    "sdshim.shim.journal", "sdshim.shim.lifecycle", "sdshim.shim.listener",
-    "sdshim.shim.monitor", "sdshim.shim.notify", "sdshim.shim.oom", "sdshim.shim.options",
-    "sdshim.shim.output", "sdshim.shim.pinned", "sdshim.shim.poller", "sdshim.shim.reaper",
-    "sdshim.shim.runtime", "sdshim.shim.stdio", "sdshim.shim.streams",
+    "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.container", "sdshim.shim.entry",
+    "sdshim.shim.framing", "sdshim.shim.journal", "sdshim.shim.lifecycle",
+    "sdshim.shim.listener", "sdshim.shim.monitor", "sdshim.shim.notify", "sdshim.shim.oom",
+    "sdshim.shim.options", "sdshim.shim.output", "sdshim.shim.pinned", "sdshim.shim.poller",
+    "sdshim.shim.reaper", "sdshim.shim.runtime", "sdshim.shim.stdio", "sdshim.shim.streams",
 }
 # Not in the list: pinned at start-up and loaded from the held file when first needed
 # (sdshim.shim.monitor.PINNED: the attach server, the control server, the end), or

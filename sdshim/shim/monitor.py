@@ -1,7 +1,7 @@
 """The monitor's I/O shell: main process of sdshim-NAME.service (or of an exec's unit).
 
 A lifecycle (sdshim.shim.container, or sdshim.shim.execprocess for `sdshim exec`;
-sdshim.shim.__main__ picks) decides; this shell sets up, turns the world into the
+sdshim.shim.entry picks) decides; this shell sets up, turns the world into the
 lifecycle's events and carries out its actions: the runtime commands (continuations
 on their pids, see sdshim.shim.reaper), signals, records, sd_notify, timers. One loop
 (sdshim.shim.poller) serves the output pipes, signals (via the wakeup fd), the control
