@@ -3,11 +3,12 @@
 The monitor runs once per container, so it reaches past the public modules where
 they cost memory it need not pay: _json's C encoder and scanner instead of json (whose
 pure-Python half imports re: ~1.2 MB), _socket's accept core instead of socket (~1.3 MB
-with enum), _ctypes instead of ctypes (~0.5 MB) for one prctl, and posix and _signal,
-the C halves of os and signal. Private means they may change with any Python release:
-each use here checks that what it needs is there and otherwise takes the public
-module, so a Python upgrade costs memory, never correctness. tests/test_privapi.py
-runs every fallback.
+with enum), _ctypes instead of ctypes (~0.5 MB) for one prctl, posix and _signal,
+the C halves of os and signal, and the import system's frozen core for the .pyc magic
+number (sdshim.shim.pinned; importlib.util would load more). Private means they may
+change with any Python release: each use here checks that what it needs is there and
+otherwise takes the public module, so a Python upgrade costs memory, never
+correctness. tests/test_privapi.py runs every fallback.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ else:
     except ImportError:  # pragma: no cover
         import signal as _signal
 
-__all__ = ["accept", "json_codec", "posix", "set_child_subreaper", "signal_module"]
+__all__ = ["accept", "json_codec", "posix", "pyc_magic", "set_child_subreaper",
+           "signal_module"]
 
 
 def signal_module() -> Any:
@@ -114,6 +116,25 @@ def json_codec(private: bool = True) -> tuple[Encoder, Scanner, type[ValueError]
 
         scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
         return encode_public, scan, json.JSONDecodeError
+
+
+# --- compiled modules -----------------------------------------------------------------
+
+def pyc_magic(private: bool = True) -> bytes | None:
+    """The magic number that starts this interpreter's .pyc files (for
+    sdshim.shim.pinned), from the import system's frozen core, which every CPython has
+    loaded; else importlib.util's (which imports more); None if neither has it (then
+    the source is compiled instead)."""
+    core = sys.modules.get("_frozen_importlib_external") if private else None
+    magic = getattr(core, "MAGIC_NUMBER", None)
+    if not isinstance(magic, bytes):
+        try:
+            import importlib.util
+
+            magic = importlib.util.MAGIC_NUMBER
+        except (ImportError, AttributeError):  # pragma: no cover
+            return None
+    return magic
 
 
 # --- sockets --------------------------------------------------------------------------

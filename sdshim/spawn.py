@@ -5,7 +5,7 @@ from __future__ import annotations
 import posix
 
 from sdshim import leanos
-from sdshim.errors import SdshimError
+from sdshim.exits import SdshimError
 
 # The monitor imports this module and starts the runtime with launch(): asyncio would
 # cost its start-up ~15 ms, subprocess ~2 ms and ~2 MB, typing ~2 ms.

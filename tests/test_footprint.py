@@ -24,8 +24,9 @@ from tests.conftest import Bed
 # What a monitor may have imported once its container runs: what every container pays
 # for, in start-up time and private memory, besides the interpreter's own start-up
 # modules. The lean path keeps to C modules and the sdshim modules below (see
-# sdshim/shim/monitor.py); a module that only some containers, a failure or the end
-# need is imported there. Adding one here costs every container: measure it first
+# sdshim/shim/monitor.py); a module that only some containers need is imported at
+# set-up by those, or pinned (sdshim.shim.pinned) and loaded when first needed.
+# Adding one here costs every container: measure it first
 # (bench/footprint.py), e.g. json with re ~1.2 MB, pathlib ~2 MB, subprocess ~2 MB,
 # socket or signal (enum) ~0.9-1.3 MB, selectors, contextlib or collections ~0.5-0.9 MB,
 # os (with _collections_abc, stat, posixpath) 0.28 MB: sdshim.leanos stands in for it.
@@ -34,15 +35,18 @@ STDLIB_ALLOWED = {
     "errno", "fcntl", "select", "_socket", "_json", "_ctypes",
 }
 SDSHIM_ALLOWED = {
-    "sdshim", "sdshim.errors", "sdshim.leanjson", "sdshim.leanos", "sdshim.privapi",
+    "sdshim", "sdshim.exits", "sdshim.leanjson", "sdshim.leanos", "sdshim.privapi",
     "sdshim.rundir", "sdshim.signals", "sdshim.spawn",
-    "sdshim.shim", "sdshim.shim.attach", "sdshim.shim.cgroup", "sdshim.shim.container",
-    "sdshim.shim.control", "sdshim.shim.inherited", "sdshim.shim.framing", "sdshim.shim.journal",
-    "sdshim.shim.lifecycle", "sdshim.shim.listener", "sdshim.shim.monitor",
-    "sdshim.shim.notify", "sdshim.shim.oom", "sdshim.shim.options", "sdshim.shim.output",
-    "sdshim.shim.poller", "sdshim.shim.reaper", "sdshim.shim.runtime", "sdshim.shim.stdio",
-    "sdshim.shim.streams",
+    "sdshim.shim", "sdshim.shim.cgroup", "sdshim.shim.container", "sdshim.shim.entry",
+    "sdshim.shim.framing", "sdshim.shim.journal", "sdshim.shim.lifecycle",
+    "sdshim.shim.listener", "sdshim.shim.monitor", "sdshim.shim.notify", "sdshim.shim.oom",
+    "sdshim.shim.options", "sdshim.shim.output", "sdshim.shim.pinned", "sdshim.shim.poller",
+    "sdshim.shim.reaper", "sdshim.shim.runtime", "sdshim.shim.stdio", "sdshim.shim.streams",
 }
+# Not in the list: pinned at start-up and loaded from the held file when first needed
+# (sdshim.shim.monitor.PINNED: the attach server, the control server, the end), or
+# loaded at set-up only for the containers that need them (sdshim.shim.inherited: with
+# sockets, credentials or a watchdog from systemd).
 # D-Bus and other third-party libraries: the monitor is standard library only.
 DBUS = ("dbus_fast", "dbus", "dbus_next", "jeepney", "gi", "pydbus", "systemd")
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", re.M)

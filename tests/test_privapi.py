@@ -126,3 +126,10 @@ def test_signal_module_and_names_match_signal() -> None:
         assert signals.signal_number(key.removeprefix("SIG").lower()) == int(member)
     with pytest.raises(ValueError, match="unknown signal 'NOPE'"):
         signals.signal_number("NOPE")
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_pyc_magic_is_the_interpreters(private: bool) -> None:
+    import importlib.util
+
+    assert privapi.pyc_magic(private=private) == importlib.util.MAGIC_NUMBER

@@ -4,9 +4,11 @@ timers, the reaper, the control socket, journald back-pressure, the exec check."
 from __future__ import annotations
 
 import _socket
+import compileall
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from sdshim.shim import runtime
 from sdshim.shim.attach import FrameQueue
 from sdshim.shim.control import ControlServer, InvalidRequest, parse_request
 from sdshim.shim.lifecycle import Request
+from sdshim.shim.listener import Listener
 from sdshim.shim.output import Output
 from sdshim.shim.poller import EVENT_READ, Poller
 from sdshim.shim.reaper import ChildReaper
@@ -112,7 +115,8 @@ def test_control_socket_reads_without_blocking_and_answers_later(tmp_path: Path)
     poller = Poller(errors.append)
     requests: list[Request] = []
     lost: list[str] = []
-    server = ControlServer(poller, str(tmp_path / "control"), requests.append, lost.append)
+    server = ControlServer(poller, requests.append, lost.append)
+    Listener(poller, str(tmp_path / "control"), _socket.SOCK_STREAM, 16, server.accepted)
 
     def connect() -> _socket.socket:
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -214,9 +218,10 @@ def test_journald_away_holds_output_back_and_loses_nothing() -> None:
     assert journal.entries[2].endswith(b"CONTAINER_PARTIAL_MESSAGE=true\n")
 
 
-def test_monitor_loads_no_module_after_set_up(tmp_path: Path) -> None:
-    """Every module the monitor's parts can need is loaded at set-up: the modules of
-    a container with -i, -t and a log file (the most a container can need)."""
+def test_monitor_loads_or_pins_every_module_at_set_up(tmp_path: Path) -> None:
+    """Every module the monitor's parts can need is loaded at set-up or pinned then:
+    the modules of a container with -i, -t and a log file (the most a container can
+    need); the attach and control servers and the end are pinned, not loaded."""
     root = Path(__file__).resolve().parent.parent
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
             "from sdshim.shim import monitor\n"
@@ -226,13 +231,17 @@ def test_monitor_loads_no_module_after_set_up(tmp_path: Path) -> None:
             "life = ContainerLifecycle('n', start=True, run_detached=True, restart='no', "
             "stop_signal=15, stop_timeout=1)\n"
             "shell = monitor.Shell(opts, life)\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('sdshim'))))\n")
+            "shell.pinned.pin(monitor.PINNED)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('sdshim'))))\n"
+            "print(' '.join(sorted(shell.pinned.pins)))\n")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(root)],
                          capture_output=True, text=True, timeout=60, check=True,
                          env={**os.environ, "SDSHIM_RUN_DIR": str(tmp_path)})
-    loaded = set(out.stdout.split())
-    assert {"sdshim.shim.stdin", "sdshim.shim.console", "sdshim.shim.crilog",
-            "sdshim.shim.attach"} <= loaded, loaded
+    loaded_line, pinned_line = out.stdout.splitlines()
+    loaded, pinned = set(loaded_line.split()), set(pinned_line.split())
+    assert {"sdshim.shim.stdin", "sdshim.shim.console", "sdshim.shim.crilog"} <= loaded, loaded
+    assert pinned == {"sdshim.shim.attach", "sdshim.shim.control", "sdshim.shim.ending"}, pinned
+    assert not pinned & loaded
 
 
 def test_cri_rotation_that_cannot_reopen_leaves_no_stale_fd(
@@ -295,19 +304,82 @@ def test_spawn_launch_with_preexec_forks_without_subprocess(tmp_path: Path) -> N
         spawn.launch(["no-such-program-here"], preexec=lambda: None)
 
 
-def test_after_set_up_no_module_can_be_loaded_from_disk() -> None:
+# Run in a copy of the package: pin, then "upgrade" the pinned module on disk the way
+# dpkg does (a new file renamed over the old one, .py and .pyc), then import it.
+PIN_PROBE = """
+import os, py_compile, sys
+sys.path.insert(0, sys.argv[1])
+from sdshim.shim import monitor
+from sdshim.shim.pinned import PinnedModules
+pinned = PinnedModules()
+pinned.pin(["sdshim.shim.attach"])
+pin = pinned.pins["sdshim.shim.attach"]
+print("compiled" if pin.compiled else "source")
+import fcntl
+print("cloexec", bool(fcntl.fcntl(pin.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+source = pin.path
+with open(source) as f:
+    new = f.read() + "\\nVERSION = 'next'\\n"
+with open(source + ".new", "w") as f:
+    f.write(new)
+os.utime(source + ".new", (1, 1))  # another mtime and size: another version
+os.replace(source + ".new", source)
+if sys.argv[2] == "pyc":
+    py_compile.compile(source, doraise=True)  # written beside, renamed over the old
+monitor.freeze_imports(pinned)
+from sdshim.shim import attach
+print("version", getattr(attach, "VERSION", "started"), attach.__file__ == source)
+print("server", callable(attach.AttachServer))
+try:
+    import sdshim.shim.execprocess
+except ModuleNotFoundError as e:
+    print("refused", e.name)
+try:
+    import json
+except ModuleNotFoundError as e:
+    print("refused", e.name)
+"""
+
+
+@pytest.mark.parametrize("kind", ["pyc", "source"])
+def test_a_pinned_module_runs_the_started_version_and_nothing_else_loads(
+        tmp_path: Path, kind: str) -> None:
+    """After set-up the monitor loads no module from disk: a pinned one is executed
+    from the file held since start-up even after an upgrade replaced it (from its .pyc,
+    or its source where no .pyc matches); any other import fails loudly."""
     root = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "tree"
+    shutil.copytree(root / "sdshim", copy / "sdshim",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if kind == "pyc":
+        compileall.compile_dir(copy / "sdshim", quiet=1)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", PIN_PROBE, str(copy), kind],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == [
+        "compiled" if kind == "pyc" else "source", "cloexec True", "version started True",
+        "server True", "refused sdshim.shim.execprocess", "refused json"], out
+
+
+def test_a_pinned_file_changed_in_place_is_refused(tmp_path: Path) -> None:
+    """Not dpkg's way, but never another version's code: the held file itself changed."""
+    root = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "tree"
+    shutil.copytree(root / "sdshim", copy / "sdshim",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
             "from sdshim.shim import monitor\n"
-            "monitor.freeze_imports()\n"
-            "import _signal, sdshim.shim.poller  # built in, or loaded already: fine\n"
+            "from sdshim.shim.pinned import PinnedModules\n"
+            "pinned = PinnedModules(); pinned.pin(['sdshim.shim.attach'])\n"
+            "path = pinned.pins['sdshim.shim.attach'].path\n"
+            "open(path, 'a').write('\\nVERSION = 1\\n')\n"
+            "monitor.freeze_imports(pinned)\n"
             "try:\n"
-            "    import json\n"
-            "except ModuleNotFoundError as e:\n"
-            "    print('refused', e.name)\n")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(root)],
+            "    import sdshim.shim.attach\n"
+            "except ImportError as e:\n"
+            "    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(copy)],
                          capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "refused json", out
+    assert out.stdout.startswith("refused: ") and "changed in place" in out.stdout, out
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])
@@ -320,3 +392,20 @@ def test_monitor_refuses_timeouts_that_are_no_durations(value: str,
                             "--stop-timeout", value])
     assert exc.value.code == EXIT_NO_RESTART  # the same argv would fail again (options.py)
     assert "--stop-timeout must be a number of seconds" in capsys.readouterr().err
+
+
+def test_a_module_that_cannot_be_pinned_is_loaded_at_once(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a module's file cannot be held (a zip, say), set-up loads it instead:
+    still before the loop, so still the started version."""
+    from sdshim.shim import pinned
+
+    def refuse(path: str) -> int:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(pinned, "_open", refuse)
+    monkeypatch.delitem(sys.modules, "sdshim.shim.ending", raising=False)
+    modules = pinned.PinnedModules()
+    modules.pin(["sdshim.shim.ending"])
+    assert modules.pins == {}
+    assert "sdshim.shim.ending" in sys.modules

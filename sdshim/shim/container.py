@@ -15,7 +15,7 @@ state does not allow is refused with the state's name.
 from __future__ import annotations
 
 from sdshim import signals
-from sdshim.errors import EXIT_NO_RESTART
+from sdshim.exits import EXIT_NO_RESTART
 from sdshim.shim import runtime
 from sdshim.shim.lifecycle import (
     EXEC_CHECK_TIMER,

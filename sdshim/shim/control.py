@@ -7,6 +7,9 @@ only once the command runs). A connection that sends nothing parseable before EO
 more than MAX_REQUEST bytes, or takes longer than IDLE_TIMEOUT, is closed unanswered;
 one that is malformed in shape is answered with what is wrong. No request can take
 the monitor down: whatever goes wrong with one costs that one connection.
+
+The monitor listens on the socket from set-up (sdshim.shim.listener) and loads this
+module on the first connection, from the file pinned at start-up (sdshim.shim.pinned).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import _socket
 
 from sdshim import leanjson
 from sdshim.shim.lifecycle import Request
-from sdshim.shim.listener import Listener
 from sdshim.shim.poller import EVENT_READ
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -65,17 +67,16 @@ class Connection:
 class ControlServer:
     """Calls on_request(Request) for each request; reply(ident, reply) answers it."""
 
-    def __init__(self, poller: Poller, path: str,
-                 on_request: Callable[[Request], None],
+    def __init__(self, poller: Poller, on_request: Callable[[Request], None],
                  on_lost: Callable[[str], None]) -> None:
-        """on_lost(what): a connection was given up because of an unexpected error."""
+        """on_lost(what): a connection was given up because of an unexpected error.
+        The connections come from a Listener, to accepted()."""
         self.poller = poller
         self.on_request = on_request
         self.on_lost = on_lost
         self.connections: dict[int, Connection] = {}
-        self.listener = Listener(poller, path, _socket.SOCK_STREAM, 16, self._accepted)
 
-    def _accepted(self, sock: _socket.socket) -> None:
+    def accepted(self, sock: _socket.socket) -> None:
         sock.setblocking(False)
         conn = Connection(sock, sock.fileno())
         self.connections[conn.ident] = conn
@@ -142,4 +143,3 @@ class ControlServer:
     def close(self) -> None:
         for conn in list(self.connections.values()):
             self._close(conn)
-        self.listener.close()

@@ -14,7 +14,7 @@ container from the runtime.
 
 from __future__ import annotations
 
-from sdshim.errors import EXIT_TIMEOUT
+from sdshim.exits import EXIT_TIMEOUT
 from sdshim.shim import runtime
 from sdshim.shim.lifecycle import (
     EXEC_CHECK_TIMER,

@@ -11,7 +11,7 @@ actions; the lifecycles never see a file descriptor.
 from __future__ import annotations
 
 from sdshim import signals
-from sdshim.errors import EXIT_NO_RESTART
+from sdshim.exits import EXIT_NO_RESTART
 from sdshim.shim import runtime
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)

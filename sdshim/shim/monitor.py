@@ -1,7 +1,7 @@
 """The monitor's I/O shell: main process of sdshim-NAME.service (or of an exec's unit).
 
 A lifecycle (sdshim.shim.container, or sdshim.shim.execprocess for `sdshim exec`;
-sdshim.shim.__main__ picks) decides; this shell sets up, turns the world into the
+sdshim.shim.entry picks) decides; this shell sets up, turns the world into the
 lifecycle's events and carries out its actions: the runtime commands (continuations
 on their pids, see sdshim.shim.reaper), signals, records, sd_notify, timers. One loop
 (sdshim.shim.poller) serves the output pipes, signals (via the wakeup fd), the control
@@ -16,14 +16,13 @@ and the container runs on.
 
 from __future__ import annotations
 
+import _socket
 import sys
 
 from sdshim import leanos, rundir, signals, spawn
-from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME
+from sdshim.exits import EXIT_NO_RESTART, EXIT_RUNTIME
 from sdshim.privapi import posix, set_child_subreaper, signal_module
 from sdshim.shim import cgroup, journal, lifecycle, oom, options, runtime
-from sdshim.shim.control import ControlServer
-from sdshim.shim.inherited import Inherited, SetupError
 from sdshim.shim.journal import JournalWriter, encode_field
 from sdshim.shim.lifecycle import (
     Action,
@@ -45,8 +44,10 @@ from sdshim.shim.lifecycle import (
     TimerFired,
     WriteState,
 )
+from sdshim.shim.listener import Listener
 from sdshim.shim.notify import Notifier, say
 from sdshim.shim.output import Output
+from sdshim.shim.pinned import PinnedModules
 from sdshim.shim.poller import EVENT_READ, Poller
 from sdshim.shim.reaper import ChildReaper
 from sdshim.shim.stdio import Stdio
@@ -54,9 +55,10 @@ from sdshim.shim.streams import Streams
 
 # Start-up time and memory are paid once per container: the monitor imports only what
 # it uses, through the lean modules (_signal, _socket, sdshim.leanjson, sdshim.rundir,
-# Poller, spawn.launch, see sdshim.privapi), and all of it before READY=1: a running
-# monitor never loads code (a package upgrade must not mix versions in it).
-# tests/test_footprint.py holds the line.
+# Poller, spawn.launch, see sdshim.privapi), before READY=1; what only some monitors
+# need later is pinned at start-up and loaded from the held file when needed (PINNED,
+# sdshim.shim.pinned). A running monitor never loads code from disk: a package upgrade
+# must not mix versions in it. tests/test_footprint.py holds the line.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal  # typeshed has no _signal: the same names, typed
@@ -65,7 +67,9 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from sdshim.shim.amendments import Amendments
+    from sdshim.shim.control import ControlServer
     from sdshim.shim.healthchecks import HealthChecks
+    from sdshim.shim.inherited import Inherited
     from sdshim.shim.lifecycle import Request
     from sdshim.shim.notifyproxy import NotifyPart
     from sdshim.shim.reload import Reloads
@@ -90,15 +94,15 @@ WATCHDOG_TIMER = "watchdog"
 # LineMax, still fits one datagram under the default wmem_max (2 x 212992 bytes: no
 # memfd per entry, even without SO_SNDBUFFORCE), and bounds the monitor's buffer.
 DEFAULT_MAX_LINE = 256 * 1024
-# How long the pipes may stay silent, after the container's exit, before the monitor
-# stops waiting for writers the container left behind to close them.
-DRAIN_TIMEOUT = 5.0
 # How long the runtime may take to pass the terminal after its command returned.
 TERMINAL_WAIT = 5.0
 TERMINAL_TIMER = "terminal"
-# journalctl, asked for a stream-driver line: how long, and how much is read of it.
-QUERY_TIMEOUT = 10.0
-QUERY_LIMIT = 1 << 20
+# Loaded after set-up, if at all, from the files held since start-up: the attach server
+# (on the first attach client), the control server (on the first control connection)
+# and the end (sdshim.shim.ending: once the lifecycle says Finish).
+PINNED = ("sdshim.shim.attach", "sdshim.shim.control", "sdshim.shim.ending")
+# What systemd may hand the container (sdshim.shim.inherited, loaded only if it did).
+INHERITED = ("LISTEN_FDS", "CREDENTIALS_DIRECTORY", "WATCHDOG_USEC")
 
 
 class NameTakenError(Exception):
@@ -115,6 +119,7 @@ class Shell:
         self.dir = (rundir.exec_dir(self.name, self.exec_id) if self.exec_id
                     else rundir.container_dir(self.name))
         self.notifier = Notifier()
+        self.pinned = PinnedModules()
         self.rt = runtime.Runtime(opts.runtime, rundir.runtime_root(opts.runtime),
                                   self.path("runtime.log"))
         self.poller = Poller(self._fault_in_core)
@@ -135,15 +140,23 @@ class Shell:
                            on_terminal=self._on_terminal, on_lost=self.lost)
         self.streams = Streams(self.poller, self.output, self.stdio, opts.log_max_line)
         self.output.on_backlog = self._backlog
-        self.control: ControlServer | None = None
+        self.control: ControlServer | None = None  # made on the first connection
+        self.control_listener: Listener | None = None
+        self.control_lost = False
         self.wake_r = -1
         self.events: list[Event] = []
         self.dispatching = False
         self.exit_code = EXIT_RUNTIME
         self.lost_parts: set[str] = set()
         self.terminal_pending: RuntimeDone | None = None
-        # Sockets, credentials, watchdog: what systemd gave us for the container.
-        self.inherited = Inherited.from_environment()
+        # Sockets, credentials, watchdog: what systemd gave us for the container, if
+        # anything (most containers get none of it, and skip the module).
+        self.watchdog_usec = leanos.getenv("WATCHDOG_USEC")
+        self.inherited: Inherited | None = None
+        if any(leanos.getenv(name) for name in INHERITED):
+            from sdshim.shim.inherited import Inherited
+
+            self.inherited = Inherited.from_environment()
         # What features add to the container's config (environment, mounts), through
         # amend(), before create; None (and not imported) for containers without any.
         self.amendments: Amendments | None = None
@@ -178,6 +191,8 @@ class Shell:
     # --- set-up -----------------------------------------------------------------------
 
     def setup(self) -> None:
+        # First: now the files are the ones the monitor's own modules came from.
+        self.pinned.pin(PINNED)
         set_child_subreaper()
         self.oom_score_adj = oom.protect_monitor()
         self.wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
@@ -231,8 +246,8 @@ class Shell:
         self.output.journal = self.journal
         self.output.fields = self.fields
 
-        self.control = ControlServer(self.poller, self.path("control"),
-                                     self._on_request, self.lost)
+        self.control_listener = Listener(self.poller, self.path("control"),
+                                         _socket.SOCK_STREAM, 16, self._on_control)
         self.stdio.listen()
         if not self.exec_id:
             self._setup_features()
@@ -243,6 +258,20 @@ class Shell:
             for cid in {self.id, str((previous or {}).get("id") or "")} - {""}:
                 if leanos.exists(leanos.join(self.rt.root, cid)):
                     self._delete_now(cid)
+
+    def _on_control(self, sock: _socket.socket) -> None:
+        if self.control is None and not self.control_lost:
+            try:
+                from sdshim.shim.control import ControlServer
+
+                self.control = ControlServer(self.poller, self._on_request, self.lost)
+            except Exception as e:  # the pinned module could not be loaded
+                self.control_lost = True
+                self.lost(f"the control socket ({e!r})")
+        if self.control is not None:
+            self.control.accepted(sock)
+        else:
+            sock.close()
 
     def _on_request(self, request: Request) -> None:
         """A control request: reload is the shell's (a signal, then the container's
@@ -266,7 +295,7 @@ class Shell:
         --sdnotify container, once it runs; until then, and in the other modes (where
         the container has no notify socket: a template drop-in may still set one), the
         monitor keeps it for itself, so it watches the monitor."""
-        usec = self.inherited.watchdog_usec
+        usec = self.watchdog_usec
         if not usec.isdigit() or self.life.state in ("exiting", "exited") or (
                 getattr(self.life, "started", False)
                 and getattr(self.opts, "sdnotify", "monitor") == "container"):
@@ -410,7 +439,7 @@ class Shell:
                 options = self._exec_options()
             else:  # run: created and started by one command, which must not wait
                 options = [*(["--detach"] if verb == "run" else []),
-                           *self.inherited.runtime_options(),
+                           *(self.inherited.runtime_options() if self.inherited else ()),
                            "--bundle", self._prepare_bundle()]
             out_w, err_w = self.open_output()
         except (OSError, ValueError) as e:
@@ -427,7 +456,7 @@ class Shell:
             stdin = self.stdio.runtime_stdin()
             self._launch(verb, argv, env=env, stdin=stdin, stdout=out_w, stderr=err_w,
                          preexec=self._join_container() if verb == "exec" else None)
-            if verb != "exec":
+            if verb != "exec" and self.inherited is not None:
                 self.inherited.after_create()  # the runtime has the sockets now
         finally:
             posix.close(out_w)
@@ -489,12 +518,15 @@ class Shell:
         bundle = self.opts.bundle
         self.cgroup_path = cgroup.split(self.opts.unit) if self.opts.unit else ""
         config = self.path("bundle")
-        try:
-            self.inherited.amend(self.amend, bundle, unit=self.opts.unit
-                                 or f"sdshim-{self.name}.service", records_dir=self.dir,
-                                 sdnotify=getattr(self.opts, "sdnotify", "monitor"))
-        except SetupError as e:
-            raise ValueError(str(e)) from e
+        if self.inherited is not None:
+            from sdshim.shim.inherited import SetupError
+
+            try:
+                self.inherited.amend(self.amend, bundle, unit=self.opts.unit
+                                     or f"sdshim-{self.name}.service", records_dir=self.dir,
+                                     sdnotify=getattr(self.opts, "sdnotify", "monitor"))
+            except SetupError as e:
+                raise ValueError(str(e)) from e
         try:
             runtime.write_config(bundle, config, self.cgroup_path, self.oom_score_adj,
                                  terminal=self.opts.tty, amendments=self.amendments)
@@ -569,125 +601,52 @@ class Shell:
         """The output is read: the last stderr line to the lifecycle. With the stream
         driver the monitor never saw it: journald has it, once synchronized."""
         if self.log_driver == "stream" and not self.opts.tty:
-            self._query_stream_line(lambda line: self.feed(Drained(line)))
+            try:
+                from sdshim.shim import ending
+            except Exception as e:  # pinned: see _finish
+                self._fault_in_core(e)
+                self.feed(Drained(b""))
+                return
+            ending.query_stream_line(self, lambda line: self.feed(Drained(line)))
         else:
             self.feed(Drained(self.streams.last_stderr_line()))
-
-    def _query_stream_line(self, done: Callable[[bytes], None]) -> None:
-        """done(the last stderr line the stream connection took), by journalctl,
-        run as a continuation: its output read in the loop, its end reaped."""
-        out = bytearray()
-        ended: list[str] = []
-
-        def part_done(what: str) -> None:
-            ended.append(what)
-            if len(ended) == 2:
-                self.poller.cancel("journal-query")
-                done(bytes(out).rstrip(b"\n"))
-
-        def synced(_ok: bool) -> None:
-            r, w = posix.pipe2(posix.O_CLOEXEC)
-            try:
-                pid = spawn.launch(journal.stream_line_query(self.name,
-                                                             journal.PRIORITY_STDERR),
-                                   stdin=spawn.DEVNULL, stdout=w, stderr=spawn.DEVNULL)
-            except spawn.CommandError:
-                posix.close(r)
-                done(b"")
-                return
-            finally:
-                posix.close(w)
-            posix.set_blocking(r, False)
-
-            def readable(_fileobj: object) -> None:
-                try:
-                    chunk = posix.read(r, 65536)
-                except BlockingIOError:
-                    return
-                if chunk and len(out) < QUERY_LIMIT:
-                    out.extend(chunk)
-                    return
-                self.poller.unregister(r)
-                posix.close(r)
-                part_done("eof")
-
-            self.poller.register(r, EVENT_READ, readable)
-            self.reaper.expect(pid, lambda _status: part_done("reaped"))
-            self.poller.arm("journal-query", QUERY_TIMEOUT, lambda: _kill(pid))
-
-        journal.synchronize(self.poller, synced)
 
     # --- the end ----------------------------------------------------------------------
 
     def _finish(self, action: Finish) -> None:
-        """Delete the runtime's state, drain the output, record, tell systemd and the
-        attach clients, exit: each step a continuation of the one before."""
-        result = dict(action.result)
-        if not result.get("error"):
-            # Before the delete: the runtime's delete removes the cgroup with the count.
-            result["oom_killed"] = bool(oom.kills(self.cgroup_path))
-        if self.health is not None:
-            self.health.end()
-            if self.health.status:
-                result["health"] = self.health.status
-            if self.health_restart and action.code == 0:
-                action.code = 1  # whatever the container's status: systemd restarts it
+        """The end, in sdshim.shim.ending (pinned: loaded now, from the file held since
+        start-up). Should it not load, the record is written here, undrained."""
+        try:
+            from sdshim.shim import ending
+        except Exception as e:
+            self._fault_in_core(e)
+            self._finish_plainly(action)
+            return
+        ending.finish(self, action)
 
-        def drain() -> None:
-            self.streams.drain(DRAIN_TIMEOUT, lambda: self._record(action, result))
+    def _finish_plainly(self, action: Finish) -> None:
+        result = {**action.result, "finished_at": rundir.now_iso(), "name": self.name,
+                  "id": self.id, "pid": self.life.proc.pid or None,
+                  "restarts": self.restarts, "monitor_exit_code": action.code}
+        try:
+            rundir.write_json(self.path("exit.json"), result)
+            self.write_state({"status": "exited"})
+        finally:
+            self.exit_code = action.code
+            self.poller.stop()
 
-        if action.delete:
-            try:
-                pid = spawn.launch(self.rt.argv("delete", "--force", self.id),
-                                   stdin=spawn.DEVNULL, stdout=spawn.DEVNULL,
-                                   stderr=spawn.DEVNULL)
-            except spawn.CommandError:
-                drain()
-                return
-            self.reaper.expect(pid, lambda _status: drain())
-        else:
-            drain()
-
-    def _record(self, action: Finish, result: dict[str, Any]) -> None:
-        self.streams.close_all()
-        self.output.close()
-        if self.journal is not None:
-            # Everything the container wrote is in the journal before the exit record
-            # says it ended (stream lines may even be queued behind the exit event).
-            self.output.flush_backlog()
-            journal.synchronize(self.poller, lambda _ok: self._write_record(action, result))
-        else:
-            self._write_record(action, result)
-
-    def _write_record(self, action: Finish, result: dict[str, Any]) -> None:
-        code = action.code
-        times = posix.times()  # the monitor and the runtime commands it ran
-        result.setdefault("finished_at", rundir.now_iso())
-        result.update(name=self.name, id=self.id, pid=self.life.proc.pid or None,
-                      restarts=self.restarts, started_at=self.state.get("started_at"),
-                      monitor_exit_code=code,
-                      monitor_cpu_seconds=round(sum(times[:4]), 3))
-        rundir.write_json(self.path("exit.json"), result)
-        self.write_state({"status": "exited"})
-        self.stdio.finish(result, lambda: self._exit(action, result))
-
-    def _exit(self, action: Finish, result: dict[str, Any]) -> None:
+    def before_exit(self) -> None:
+        """The last step's first (sdshim.shim.ending): pending reloads are answered,
+        the watchdog is no longer kept."""
         if self.reloads is not None:
             self.reloads.finish()
         self.poller.cancel(WATCHDOG_TIMER)
-        summary = lifecycle.describe(result, action.what)
-        self.notifier.send(STATUS=f"Error: {result['error']}" if result.get("error")
-                           else summary)
-        self.event(summary, SDSHIM_EVENT="failed" if result.get("error") else "exited",
-                   SDSHIM_EXIT_CODE=str(action.code))
+
+    def close_control(self) -> None:
         if self.control is not None:
             self.control.close()
-        if self.notify_part is not None:
-            self.poller.unregister(self.notify_part.proxy)
-            self.notify_part.proxy.close()
-        self.stdio.close()
-        self.exit_code = action.code
-        self.poller.stop()
+        if self.control_listener is not None:
+            self.control_listener.close()
 
     # --- faults -----------------------------------------------------------------------
 
@@ -757,26 +716,22 @@ class Shell:
             self.perform(action)
         if not self.exec_id:
             self.keep_watchdog()
-        freeze_imports()
+        freeze_imports(self.pinned)
         self.poller.run()
         return self.exit_code
 
 
-def freeze_imports() -> None:
-    """From here on the monitor loads no module: the finder of modules on disk is
-    removed, so an import that set-up missed fails loudly (ModuleNotFoundError, a fault
-    of the part that tried, said in the journal) instead of running code a package
-    upgrade may have replaced meanwhile. Built-in and frozen modules stay (they are
-    in the interpreter, not on disk)."""
+def freeze_imports(pinned: PinnedModules | None = None) -> None:
+    """From here on the monitor loads no module from disk: the finder of modules on
+    disk is removed, so an import that set-up missed fails loudly (ModuleNotFoundError,
+    a fault of the part that tried, said in the journal) instead of running code a
+    package upgrade may have replaced meanwhile. Built-in and frozen modules stay (they
+    are in the interpreter, not on disk), and the pinned ones load from the files held
+    since start-up."""
     sys.meta_path[:] = [finder for finder in sys.meta_path
                         if getattr(finder, "__name__", "") != "PathFinder"]
-
-
-def _kill(pid: int) -> None:
-    try:
-        posix.kill(pid, _signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if pinned is not None:
+        sys.meta_path.append(pinned)
 
 
 def _noop(_signum: int, _frame: object) -> None:

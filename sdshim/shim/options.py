@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 
 from sdshim import __version__, leanos
-from sdshim.errors import EXIT_NO_RESTART
+from sdshim.exits import EXIT_NO_RESTART
 from sdshim.shim.notify import Notifier
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)

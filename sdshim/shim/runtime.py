@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdshim import leanjson, leanos
-from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
+from sdshim.exits import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
 from sdshim.privapi import posix
 
 TYPE_CHECKING = False  # the monitor's start-up skips `typing` (see tests/test_footprint.py)

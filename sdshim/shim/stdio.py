@@ -5,9 +5,11 @@ the container's stdin open for attach clients; `-t` asks the runtime for a pty a
 takes its master through the console socket. The monitor's own loop still reads the
 output (the pipes, or the master as one more stream) and hands each chunk to output().
 
-The attach server is loaded by every monitor (a client may come at any time); the
-stdin queue and the console only by those whose options ask for them (-i, -t). All of
-it at set-up, before READY=1: a running monitor loads no code (see sdshim.shim.monitor).
+Every monitor listens on the attach socket; the attach server itself is loaded on the
+first client, from the file pinned at start-up (sdshim.shim.pinned: the version the
+monitor started with), so a container nobody attaches to never pays for it. The stdin
+queue and the console are loaded at set-up by the monitors whose options ask for them
+(-i, -t).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import _socket
 
 from sdshim import leanos, spawn
 from sdshim.privapi import posix
-from sdshim.shim.attach import AttachServer
 from sdshim.shim.listener import Listener
 
 TYPE_CHECKING = False  # the monitor skips `typing` (see tests/test_footprint.py)
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from sdshim.shim.attach import AttachServer
     from sdshim.shim.console import ConsoleSocket
     from sdshim.shim.poller import Poller
     from sdshim.shim.stdin import Stdin
@@ -52,9 +54,8 @@ class Stdio:
         self.master = -1  # our own duplicate of the pty master, for resizes
         self.stdin: Stdin | None = None
         self.listener: Listener | None = None
-        self.attach = AttachServer(poller, on_input=self._input, on_resize=self.resize,
-                                   on_eof=self._eof, input_full=self._input_full,
-                                   on_lost=on_lost)
+        self.attach: AttachServer | None = None  # made on the first client
+        self.attach_lost = False
         self.console: ConsoleSocket | None = None
         self._stdin_r = -1
         # Loaded now, at set-up, if the options can need them: never later.
@@ -76,6 +77,16 @@ class Stdio:
                 on_lost=self.on_lost)
 
     def _on_client(self, conn: _socket.socket) -> None:
+        if self.attach is None and not self.attach_lost:
+            try:
+                from sdshim.shim.attach import AttachServer
+
+                self.attach = AttachServer(
+                    self.poller, on_input=self._input, on_resize=self.resize,
+                    on_eof=self._eof, input_full=self._input_full, on_lost=self.on_lost)
+            except Exception as e:  # the pinned module could not be loaded
+                self.attach_lost = True
+                self.on_lost(f"the attach server ({e!r})")
         if self.attach is not None:
             self.attach.accepted(conn)
         else:
