@@ -50,9 +50,11 @@ LEAF_SCRIPT = (
     '[ "$${p##*/}" = "$$u" ] || continue; mkdir -p "$$r$$p/supervisor" && '
     'echo $$$$ >"$$r$$p/supervisor/cgroup.procs" || { echo "sdshim: cannot move the '
     'runtime to $$r$$p/supervisor" >&2; exit 1; }; done </proc/self/cgroup; exec "$$@"')
-# How long the init may stay the runtime's binary after the job before the command
-# counts as running anyway (as sdshim.shim.handoff.EXEC_TIMEOUT).
-EXEC_TIMEOUT = 2.0
+# How long the init may stay the runtime's binary after `runc start` before the command
+# counts as running anyway. Longer than the monitor's 2 s: here it only delays the
+# caller's answer, and an init never lingers before its execve but on a machine so
+# loaded that a shorter wait would call an exec failure a running command.
+EXEC_TIMEOUT = 10.0
 RUNNING, PENDING, ENDED = "running", "pending", "ended"
 
 
