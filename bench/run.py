@@ -179,7 +179,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
             h = lat["handoff_exec_to_ready"]
             out += [table(["zero-resident start-up", "median", "min", "max"], [
                 # systemd restarts ExecMainStart when MAINPID names a new main process
-                ["hand-off: MAINPID taken → READY=1 (runc start, exec seen)",
+                ["zero-resident: main PID known → unit active (0 in the direct start: "
+                 "`runc start` follows the job)",
                  ms(h["median"]), ms(h["min"]), ms(h["max"])]]), ""]
         if "sdshim-zero" in lat["latency"] and "systemd-run" in lat["latency"]:
             zero = lat["latency"]["sdshim-zero"]["median"]
