@@ -76,8 +76,7 @@ class Handoff:
         self.id: str = opts.id
         self.dir = rundir.container_dir(self.name)
         self.notifier = Notifier()
-        self.rt = runtime.Runtime(opts.runtime, rundir.runtime_root(opts.runtime),
-                                  leanos.join(self.dir, "runtime.log"))
+        self.rt = runtime.of_container(opts.runtime, self.dir)
         self.state_name = SETUP
         self.pid = 0
         self.pidfd = -1
@@ -154,7 +153,8 @@ class Handoff:
         finally:
             posix.close(out)
         if code != 0:
-            raise HandoffError(self.rt.last_error() or f"{self.rt.name} create {_how(code)}")
+            raise HandoffError(self.rt.last_error()
+                               or f"{self.rt.name} create {runtime.ended(code)}")
         try:
             with open(self.path("pid")) as f:
                 self.pid = int(f.read())
@@ -182,7 +182,8 @@ class Handoff:
         self.write_state(status="starting", started_at=rundir.now_iso())
         code = run_child(self.rt.argv("start", self.id))
         if code != 0 and self.alive():
-            raise HandoffError(self.rt.last_error() or f"{self.rt.name} start {_how(code)}")
+            raise HandoffError(self.rt.last_error()
+                               or f"{self.rt.name} start {runtime.ended(code)}")
         self.to(STARTED)
         confirmed = self.wait_exec()
         self.to(RUNNING)
@@ -359,10 +360,6 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None,
               stdout: int | None = None, stderr: int | None = None) -> int:
     """Run argv to its end; Popen-style return code. Not a subreaper: waitpid(pid)."""
     return spawn.call(argv, env=env, stdout=stdout, stderr=stderr)
-
-
-def _how(code: int) -> str:
-    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
 def _unlink(path: str) -> None:

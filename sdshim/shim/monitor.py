@@ -120,8 +120,7 @@ class Shell:
                     else rundir.container_dir(self.name))
         self.notifier = Notifier()
         self.pinned = PinnedModules()
-        self.rt = runtime.Runtime(opts.runtime, rundir.runtime_root(opts.runtime),
-                                  self.path("runtime.log"))
+        self.rt = runtime.of_container(opts.runtime, self.dir)
         self.poller = Poller(self._fault_in_core)
         self.reaper = ChildReaper(lambda pid, status: self.feed(Reaped(pid, status)),
                                   self._fault_in_core)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdshim import leanjson, leanos
+from sdshim import leanjson, leanos, rundir
 from sdshim.exits import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME
 from sdshim.privapi import posix
 
@@ -49,6 +49,17 @@ class Runtime:
             if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
                 msg = str(entry.get("msg", ""))
         return msg
+
+
+def of_container(path: str, directory: str) -> Runtime:
+    """The runtime as sdshim drives it for the container (or exec) whose records are in
+    directory: its state under sdshim's root for that runtime, its log beside them."""
+    return Runtime(path, rundir.runtime_root(path), leanos.join(directory, "runtime.log"))
+
+
+def ended(code: int) -> str:
+    """How a runtime command with Popen's return code code ended, for a message."""
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
 def places_processes(path: str) -> bool:

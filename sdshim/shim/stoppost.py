@@ -219,8 +219,7 @@ def main(argv: list[str]) -> int:
     result = rundir.read_json(exit_path)
     fresh = result is None
     runtime_path = str(state.get("runtime") or "runc")
-    rt = runtime.Runtime(runtime_path, rundir.runtime_root(runtime_path),
-                         leanos.join(directory, "runtime.log"))
+    rt = runtime.of_container(runtime_path, directory)
     if result is None:
         result = record(name, state, directory, rt, unit)
     wait_for_start(directory)

@@ -91,8 +91,7 @@ class Paths:
         self.config = leanos.join(self.dir, "bundle")
         self.pid = leanos.join(self.dir, "pid")
         self.state = leanos.join(self.dir, "state.json")
-        self.rt = runtime.Runtime(spec.runtime, rundir.runtime_root(spec.runtime),
-                                  leanos.join(self.dir, "runtime.log"))
+        self.rt = runtime.of_container(spec.runtime, self.dir)
 
 
 def cgroups_path(spec: ContainerSpec) -> str:
@@ -215,8 +214,7 @@ class Start:
     def __init__(self, name: str, state: dict[str, Any]) -> None:
         self.name = name
         path = str(state.get("runtime") or "runc")
-        self.rt = runtime.Runtime(path, rundir.runtime_root(path),
-                                  leanos.join(rundir.container_dir(name), "runtime.log"))
+        self.rt = runtime.of_container(path, rundir.container_dir(name))
         self.argv = self.rt.argv("start", str(state.get("id")))
 
     @property
@@ -242,8 +240,8 @@ class Start:
         """What `runc start`'s return code means: None, or the error (its logged words)."""
         if code == 0:
             return None
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        message = runtime.clean_message(self.rt.last_error() or f"{self.rt.name} start {how}")
+        message = runtime.clean_message(self.rt.last_error()
+                                        or f"{self.rt.name} start {runtime.ended(code)}")
         return CreateError(message, runtime.classify(message))
 
 
