@@ -69,6 +69,15 @@ def read_json(path: StrPath) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_pid(path: StrPath) -> int | None:
+    """The pid in a pid file (the runtime's --pid-file); None if missing or not a pid."""
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def now_iso() -> str:
     """UTC, RFC 3339 with microseconds (time, not datetime: the monitor imports this)."""
     ns = time.time_ns()

@@ -188,20 +188,12 @@ def record(name: str, state: dict[str, Any], directory: str, rt: runtime.Runtime
         result["stop_timed_out"] = bool(stop.get("timed_out"))
     elif leanos.getenv("SERVICE_RESULT") == "timeout":
         result["stop_timed_out"] = True
-    result.update(name=name, id=state.get("id"), pid=state.get("pid") or _pid_file(directory),
+    pid = state.get("pid") or rundir.read_pid(leanos.join(directory, "pid"))
+    result.update(name=name, id=state.get("id"), pid=pid,
                   restarts=state.get("restarts", 0), started_at=state.get("started_at"),
                   finished_at=rundir.now_iso(), monitor_exit_code=result["exit_code"],
                   supervisor=SUPERVISOR)
     return result
-
-
-def _pid_file(directory: str) -> int | None:
-    """The init's pid from the runtime's pid file, if the caller had no time to record it."""
-    try:
-        with open(leanos.join(directory, "pid")) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def main(argv: list[str]) -> int:

@@ -164,11 +164,7 @@ def discard(spec: ContainerSpec) -> None:
 
 def main_pid(name: str) -> int:
     """The init's pid, from runc's pid file (systemd's PIDFile=); 0 if unreadable."""
-    try:
-        with open(leanos.join(rundir.container_dir(name), "pid")) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 0
+    return rundir.read_pid(leanos.join(rundir.container_dir(name), "pid")) or 0
 
 
 def lock_path(name: str) -> str:
