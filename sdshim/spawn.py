@@ -148,13 +148,7 @@ def call(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
 async def call_async(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
     """call() under asyncio (stdio to /dev/null); the return code."""
-    import asyncio
-
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
-    except FileNotFoundError as e:
-        raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e
+    proc = await start_async(argv, env=env, stdout=DEVNULL, stderr=DEVNULL)
     return await proc.wait()
 
 
@@ -222,12 +216,14 @@ def environ_without(*keys: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in keys}
 
 
-async def start_async(argv: Sequence[str], *, stdout: int = PIPE,
-                      stdin: int = DEVNULL) -> asyncio.subprocess.Process:
-    """Start argv under asyncio, its stdout a pipe to read from."""
+async def start_async(argv: Sequence[str], *, stdout: int = PIPE, stdin: int = DEVNULL,
+                      stderr: int | None = None,
+                      env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start argv under asyncio, its stdout a pipe to read from (stderr: inherited)."""
     import asyncio
 
     try:
-        return await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout)
+        return await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout,
+                                                    stderr=stderr, env=env)
     except FileNotFoundError as e:
         raise CommandError(f"{argv[0]}: program not found; install it or fix PATH") from e

@@ -149,7 +149,7 @@ class Handoff:
         argv = self.rt.argv("create", "--bundle", config, "--pid-file", self.path("pid"),
                             self.id)
         try:
-            code = run_child(argv, env=env, stdout=out, stderr=out)
+            code = spawn.call(argv, env=env, stdout=out, stderr=out)
         finally:
             posix.close(out)
         if code != 0:
@@ -180,7 +180,7 @@ class Handoff:
         """runc start and the exec check; whether the command was seen exec'd (False:
         it ended before: an early exit, or an exec failure the stop step reports)."""
         self.write_state(status="starting", started_at=rundir.now_iso())
-        code = run_child(self.rt.argv("start", self.id))
+        code = spawn.call(self.rt.argv("start", self.id))
         if code != 0 and self.alive():
             raise HandoffError(self.rt.last_error()
                                or f"{self.rt.name} start {runtime.ended(code)}")
@@ -350,16 +350,10 @@ class Handoff:
 
     def delete_runtime(self, cid: str) -> None:
         try:
-            run_child(self.rt.argv("delete", "--force", cid), stdout=spawn.DEVNULL,
+            spawn.call(self.rt.argv("delete", "--force", cid), stdout=spawn.DEVNULL,
                       stderr=spawn.DEVNULL)
         except spawn.CommandError:
             pass
-
-
-def run_child(argv: list[str], *, env: dict[str, str] | None = None,
-              stdout: int | None = None, stderr: int | None = None) -> int:
-    """Run argv to its end; Popen-style return code. Not a subreaper: waitpid(pid)."""
-    return spawn.call(argv, env=env, stdout=stdout, stderr=stderr)
 
 
 def _unlink(path: str) -> None:

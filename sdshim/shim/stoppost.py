@@ -18,7 +18,7 @@ import sys
 
 from sdshim import leanos, rundir, spawn
 from sdshim.shim import journal, lifecycle, oom, runtime
-from sdshim.shim.handoff import SUPERVISOR, run_child
+from sdshim.shim.handoff import SUPERVISOR
 from sdshim.shim.notify import Notifier
 
 TYPE_CHECKING = False
@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         result = record(name, state, directory, rt, unit)
     wait_for_start(directory)
     try:
-        run_child(rt.argv("delete", "--force", str(result.get("id") or state.get("id"))),
+        spawn.call(rt.argv("delete", "--force", str(result.get("id") or state.get("id"))),
                   stdout=spawn.DEVNULL, stderr=spawn.DEVNULL)
     except spawn.CommandError as e:  # never fail the unit's stop over the leftovers
         print(f"sdshim: cannot delete the runtime's state: {e}", file=sys.stderr)
