@@ -132,9 +132,8 @@ class Manager:
         if status["state"] != "created":
             raise ContainerStateError(f"container {name} is {status['state']}, not created; "
                                       "only a created container can be started")
-        if status.get("direct"):
-            state = records.read_json(records.container_dir(name) / "state.json") or {}
-            await self.start_direct(name, int(status.get("pid") or 0), state)
+        if status["direct"]:  # its runtime and id are in the status
+            await self.start_direct(name, int(status["pid"] or 0), status)
             return
         try:
             reply = await start_monitored(records.container_dir(name), f"container {name}")
