@@ -29,8 +29,9 @@ import fcntl
 import os
 
 from sdshim import leanos, naming, rundir
-from sdshim.errors import BundleError, ContainerExistsError, CreateError
+from sdshim.errors import BundleError, CreateError
 from sdshim.shim import runtime
+from sdshim.units.systemd1 import exists_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ def eligible(spec: ContainerSpec) -> bool:
     reload) keeps it."""
     f = spec.features
     return (spec.zero_resident and spec.restart == "no"
-            and runtime.places_processes(spec.runtime)
             and leanos.basename(spec.runtime) == "runc"
             and not (f.listen or f.load or f.set or f.reload_signal)
             and spec.health is None and spec.sdnotify == "monitor")
@@ -132,9 +132,7 @@ def prepare(spec: ContainerSpec) -> None:
     try:
         os.mkdir(paths.dir, 0o700)
     except FileExistsError:
-        raise ContainerExistsError(f"container {spec.name} already exists; delete it with "
-                                   f"`sdshim delete {spec.name}` or choose another --name"
-                                   ) from None
+        raise exists_error(spec.name) from None
     try:
         cgroup = cgroups_path(spec)
         try:
