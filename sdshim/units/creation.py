@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from sdshim import naming, records, spawn
-from sdshim.errors import BundleError, CreateError, RuntimeNotFoundError, SdshimError
+from sdshim.errors import BundleError, RuntimeNotFoundError, SdshimError
 from sdshim.signals import signal_number
 from sdshim.units import direct
 from sdshim.units.blockingbus import BlockingSystemd
@@ -152,7 +152,6 @@ def start_direct(systemd: BlockingSystemd, name: str, pid: int,
         direct.record_running(name, pid)
         return
     from sdshim.units.blockingmanager import BlockingManager
+    from sdshim.units.status import check_started
 
-    ended = BlockingManager(systemd).wait(name, 30)
-    if ended.get("error"):
-        raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
+    check_started(BlockingManager(systemd).wait(name, 30))

@@ -35,6 +35,7 @@ from sdshim.units.status import (
     boot_socket_unit,
     check_killable,
     check_reply,
+    check_started,
     describe,
     names,
     record_stop,
@@ -123,9 +124,7 @@ class Manager:
         if check.state == direct.RUNNING:
             direct.record_running(name, pid)
             return
-        ended = await self.wait(name, 30)
-        if ended.get("error"):
-            raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
+        check_started(await self.wait(name, 30))
 
     async def start(self, name: str) -> None:
         status = await self.status(name)
@@ -146,9 +145,7 @@ class Manager:
         if reply.get("ended"):
             # No monitor: the command ended before its exec was seen. An exec failure
             # is in the stop step's record; anything else is the container's own exit.
-            ended = await self.wait(name, 30)
-            if ended.get("error"):
-                raise CreateError(str(ended["error"]), int(ended.get("exit_code") or 125))
+            check_started(await self.wait(name, 30))
 
     async def control(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the container's monitor over its control socket."""

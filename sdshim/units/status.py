@@ -7,7 +7,12 @@ from __future__ import annotations
 import signal
 
 from sdshim import naming, records
-from sdshim.errors import EXIT_NO_RESTART, ContainerStateError, NoSuchContainerError
+from sdshim.errors import (
+    EXIT_NO_RESTART,
+    ContainerStateError,
+    CreateError,
+    NoSuchContainerError,
+)
 
 TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
 if TYPE_CHECKING:
@@ -164,6 +169,13 @@ def record_stop(name: str, status: dict[str, Any], timed_out: bool) -> None:
         signame = "SIGTERM"
     records.write_json(records.container_dir(name) / "stop.json",
                        {"signal": signame, "timed_out": timed_out})
+
+
+def check_started(status: dict[str, Any]) -> None:
+    """After a start whose command ended at once: raise the error its exit record holds
+    (an exec failure, say), with its exit code; its own exit is none."""
+    if status.get("error"):
+        raise CreateError(str(status["error"]), int(status.get("exit_code") or 125))
 
 
 def still_there(name: str, status: dict[str, Any],
