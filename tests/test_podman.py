@@ -7,6 +7,7 @@ sdshim must also be services: sdshim-podman-NAME.service, the container in its c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -430,3 +431,127 @@ def test_restart_policy(podman: Podman) -> None:
         seen[m] = state.stdout
         podman(m, "rm", "-f", name)
     assert seen == {"conmon": b"2 exited 3\n", "sdshim": b"2 exited 3\n"}
+
+
+def _sh(podman: Podman, monitor: str, script: str, input: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """script under sh in the test bed, with $P the podman command for monitor."""
+    path = podman.monitors[monitor]
+    return podman.bed.run(["sh", "-c", f"P='podman --conmon {path}'; export P; {script}"],
+                          input=input, timeout=timeout, env=podman.env)
+
+
+# podman attach on a pty: once output arrived, type the keys; print how it ended.
+DETACH = """
+import ast, os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("podman", ast.literal_eval(sys.argv[1]))
+seen, typed, end = b"", False, time.monotonic() + 30
+while time.monotonic() < end:
+    if select.select([fd], [], [], 0.2)[0]:
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:  # the client closed the terminal: it is exiting
+            time.sleep(0.5)
+    if not typed and b"tick" in seen:
+        for key in bytes.fromhex(sys.argv[2]):  # one key at a time, as a user types
+            os.write(fd, bytes([key]))
+            time.sleep(0.3)
+        typed = True
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("typed" if typed else "not-typed", "exit", os.waitstatus_to_exitcode(status))
+        break
+else:
+    os.kill(pid, 9)
+    print("still-attached")
+"""
+
+TICKER = ("sh", "-c", "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.2; done")
+
+
+def test_attach_several_clients_and_detach_keys(podman: Podman) -> None:
+    """Two `podman attach` at once both get the output; ctrl-p ctrl-q and a custom
+    --detach-keys detach the client and leave the container running; the same
+    under both monitors. (podman handles the keys and closes the attach socket; the
+    monitor must take that without ending anything.)"""
+    results: dict[str, list[Any]] = {}
+    for m in podman.monitors:
+        name = f"pt-att-{m}-{secrets.token_hex(3)}"
+        r = results[m] = []
+        assert podman(m, "run", "-dit", "--name", name, *NONET, IMG, *TICKER).returncode == 0
+        attach = f"timeout -s KILL 3 $P attach --sig-proxy=false --no-stdin {name}"
+        two = _sh(podman, m, f"({attach} > /tmp/a-{name}) & ({attach} > /tmp/b-{name}); "
+                  f"wait; grep -q tick /tmp/a-{name} && grep -q tick /tmp/b-{name} && "
+                  "echo both-saw-output")
+        r.append((two.stdout, two.returncode))
+        for keys, typed in (((), b"\x10\x11"),
+                            (("--detach-keys", "ctrl-x"), b"\x18")):
+            argv = ["podman", "--conmon", podman.monitors[m], "attach", "--sig-proxy=false",
+                    *keys, name]
+            out = podman.bed.run([sys.executable, "-c", DETACH, repr(argv), typed.hex()],
+                                 env=podman.env, timeout=60)
+            state = podman(m, "inspect", "-f", "{{.State.Status}}", name)
+            r.append((out.stdout.splitlines()[-1:], state.stdout))
+        podman(m, "rm", "-f", "-t", "0", name)
+    assert results["sdshim"] == results["conmon"], results
+    assert results["sdshim"][0] == (b"both-saw-output\n", 0)
+    assert results["sdshim"][1:] == [([b"typed exit 0"], b"running\n")] * 2, results
+
+
+def test_log_tag_in_the_journal(podman: Podman, bed: Bed) -> None:
+    """--log-opt tag=T: conmon's fields (CONTAINER_TAG and SYSLOG_IDENTIFIER T), so
+    `journalctl CONTAINER_TAG=T` and `podman logs` find the lines."""
+    seen = {}
+    suffix = secrets.token_hex(3)
+    for m in podman.monitors:
+        name = f"pt-tag-{m}-{suffix}"
+        tag = f"tag-{name}"
+        out = podman(m, "run", "--name", name, "--log-driver", "journald", "--log-opt",
+                     f"tag={tag}", *NONET, IMG, "sh", "-c", "echo tagged-out; echo e >&2")
+        assert out.returncode == 0, out.stderr
+        fields: list[tuple[str, ...]] = []
+        for _ in range(50):
+            j = bed.run(["journalctl", "-o", "json", f"CONTAINER_TAG={tag}"])
+            entries = [json.loads(x) for x in j.stdout.splitlines() if x.startswith(b"{")]
+            fields = sorted((e["MESSAGE"], e["SYSLOG_IDENTIFIER"].replace(m, "M"),
+                             e["PRIORITY"], e["CONTAINER_NAME"].replace(m, "M"))
+                            for e in entries)
+            if len(fields) == 2:
+                break
+            time.sleep(0.1)
+        logs = podman(m, "logs", name)
+        seen[m] = (fields, logs.stdout, logs.stderr)
+        podman(m, "rm", name)
+    # Deliberately better: conmon's MESSAGE keeps the line's "\n" (journalctl shows it
+    # as an empty line after each); sdshim's is the line, as a native journal client
+    # writes it, and CONTAINER_PARTIAL_MESSAGE marks the pieces. podman logs is the same.
+    stock = [(f[0].removesuffix("\n"), *f[1:]) for f in seen["conmon"][0]]
+    assert seen["sdshim"] == (stock, *seen["conmon"][1:]), seen
+    fields = seen["sdshim"][0]
+    assert [f[:3] for f in fields] == [("e", f"tag-{fields[0][3]}", "3"),
+                                       ("tagged-out", f"tag-{fields[0][3]}", "6")], fields
+    assert seen["sdshim"][1:] == (b"tagged-out\n", b"e\n")
+
+
+def test_ctl_reopen_rotates_the_log_file(podman: Podman) -> None:
+    """`2 0 0` on the ctl FIFO (CRI log rotation): the monitor opens the k8s-file log
+    path again, new lines go to the new file, the moved one stops growing."""
+    results = {}
+    for m in podman.monitors:
+        name = f"pt-rot-{m}-{secrets.token_hex(3)}"
+        log = f"/tmp/{name}.log"
+        assert podman(m, "run", "-d", "--name", name, "--log-driver", "k8s-file",
+                      "--log-opt", f"path={log}", *NONET, IMG, *TICKER).returncode == 0
+        cfg = podman(m, "inspect", "-f", "{{.OCIConfigPath}}", name).stdout.decode().strip()
+        ctl = str(Path(cfg).with_name("ctl"))
+        out = _sh(podman, m, f"sleep 1; mv {log} {log}.1; printf '2 0 0\\n' > {ctl}; "
+                  f"sleep 1.5; a=$(wc -l < {log}.1); sleep 1; b=$(wc -l < {log}.1); "
+                  f"test -s {log} && echo new-file-has-lines; "
+                  f"test $a -eq $b && echo old-file-stopped; "
+                  f"grep -c ' stdout F tick-' {log} > /dev/null && echo k8s-format")
+        results[m] = out.stdout
+        podman(m, "rm", "-f", "-t", "0", name)
+    assert results["sdshim"] == results["conmon"], results
+    assert results["sdshim"] == b"new-file-has-lines\nold-file-stopped\nk8s-format\n"
