@@ -7,7 +7,7 @@
 OUT ?= out
 override OUT := $(abspath $(OUT))
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-SOURCES := pyproject.toml README.md sdshim systemd packaging
+SOURCES := pyproject.toml README.md sdshim systemd packaging bin
 # Distro packages build with the distro's python3 and tools, not with whatever
 # python3 comes first in PATH (pyenv, a virtualenv).
 BUILD_ENV := env PATH=/usr/sbin:/usr/bin:/sbin:/bin

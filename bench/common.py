@@ -137,6 +137,8 @@ def installed_python(scratch: Path, repo: Path = REPO) -> Path:
         shutil.rmtree(source, ignore_errors=True)
         shutil.copytree(repo / "sdshim", source / "sdshim",
                         ignore=shutil.ignore_patterns("__pycache__"))
+        if (repo / "bin").is_dir():  # the scripts (before 2026-12-02: console scripts)
+            shutil.copytree(repo / "bin", source / "bin")
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(repo / name, source / name)
         spawn.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv)],

@@ -15,11 +15,33 @@ from sdshim.exits import (
 )
 
 __all__ = [
-    "EXIT_NOT_EXECUTABLE", "EXIT_NOT_FOUND", "EXIT_NO_RESTART", "EXIT_RUNTIME",
-    "EXIT_TIMEOUT", "EXIT_USAGE", "BundleError", "ContainerExistsError",
-    "ContainerStateError", "CreateError", "InvalidNameError", "NoSuchContainerError",
-    "RuntimeNotFoundError", "SdshimError", "SystemdError", "UsageError",
+    "EXIT_NOT_EXECUTABLE",
+    "EXIT_NOT_FOUND",
+    "EXIT_NO_RESTART",
+    "EXIT_RUNTIME",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "BundleError",
+    "ContainerExistsError",
+    "ContainerStateError",
+    "CreateError",
+    "Interrupted",
+    "InvalidNameError",
+    "NoSuchContainerError",
+    "RuntimeNotFoundError",
+    "SdshimError",
+    "SystemdError",
+    "UsageError",
 ]
+
+
+class Interrupted(Exception):
+    """A signal ended an attached session (sdshim.units.terminal); the CLI exits 128 +
+    signum. Not an SdshimError: no message, the signal says it all."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class UsageError(SdshimError):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 _WHITESPACE = " \t\n\r"  # JSON's own, not str.strip()'s wider idea of it
-_encode, _scan, JSONDecodeError = privapi.json_codec()
+_encode, _scan, _decode_error = privapi.json_codec()
 
 
 def dumps(obj: object) -> str:
@@ -43,4 +43,4 @@ def _skip_whitespace(text: str, pos: int) -> int:
 
 
 def _fail(message: str, text: str, pos: int) -> NoReturn:
-    raise JSONDecodeError(message, text, pos) from None
+    raise _decode_error()(message, text, pos) from None

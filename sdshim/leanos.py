@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DEVNULL_PATH = "/dev/null"
 _FS_ENCODING = sys.getfilesystemencoding()
-_S_IFMT, _S_IFDIR = 0o170000, 0o040000
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, 0o040000, 0o100000
 
 
 def getenv(key: str, default: str = "") -> str:
@@ -105,6 +105,22 @@ def realpath(path: str) -> str:
             resolved = ""
         pending.extend(p for p in reversed(target.split("/")) if p)
     return resolved or "/"
+
+
+def absolute(path: StrPath) -> str:
+    """pathlib's Path(path).absolute(): relative to the working directory, without
+    empty and '.' parts (.. stays, as a symbolic link may precede it)."""
+    p = posix.fspath(path)
+    base = "" if p.startswith("/") else posix.getcwd()
+    parts = [part for part in f"{base}/{p}".split("/") if part and part != "."]
+    return "/" + "/".join(parts)
+
+
+def isfile(path: str) -> bool:
+    try:
+        return posix.stat(path).st_mode & _S_IFMT == _S_IFREG
+    except (OSError, ValueError):
+        return False
 
 
 def isdir(path: str) -> bool:

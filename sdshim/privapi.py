@@ -76,24 +76,46 @@ class JSONDecodeError(ValueError):
         return self.__class__, (self.msg, self.doc, self.pos)
 
 
-def _decode_error_class() -> type[ValueError]:
-    """The class _json raises its errors with. The C scanner looks json.decoder up in
-    sys.modules (3.11: without importing it; a SystemError if it is missing): a
-    process without json gets a module of that name holding JSONDecodeError alone."""
+def _decode_error() -> type[ValueError]:
+    """json's JSONDecodeError where json is loaded (what the C scanner raises then),
+    else the stand-in's."""
     decoder = sys.modules.get("json.decoder")
-    if decoder is None:
-        decoder = type(sys)("json.decoder")
-        decoder.__doc__ = "sdshim.privapi's stand-in: JSONDecodeError only (see there)"
-        decoder.JSONDecodeError = JSONDecodeError  # type: ignore[attr-defined]
-        sys.modules["json.decoder"] = decoder
-    error: type[ValueError] = decoder.JSONDecodeError
+    error: type[ValueError] = getattr(decoder, "JSONDecodeError", JSONDecodeError)
     return error
 
 
-def json_codec(private: bool = True) -> tuple[Encoder, Scanner, type[ValueError]]:
+def _scan_raising(scan: Scanner) -> Scanner:
+    """The C scanner, made to raise its errors in a process without json: it looks
+    json.decoder up in sys.modules to raise one (3.11: without importing it, and a
+    SystemError if it is missing). So on that SystemError the scan is done again with a
+    stand-in module holding JSONDecodeError alone, removed at once: one left in
+    sys.modules would break a later `import json` (the CLI's asyncio commands)."""
+
+    def scan_checked(text: str, pos: int) -> tuple[Any, int]:
+        try:
+            return scan(text, pos)
+        except SystemError:
+            if "json.decoder" in sys.modules:
+                raise
+        stand_in = type(sys)("json.decoder")
+        stand_in.__doc__ = "sdshim.privapi's stand-in: JSONDecodeError only (see there)"
+        stand_in.JSONDecodeError = JSONDecodeError  # type: ignore[attr-defined]
+        sys.modules["json.decoder"] = stand_in
+        try:
+            return scan(text, pos)
+        finally:
+            if sys.modules.get("json.decoder") is stand_in:
+                del sys.modules["json.decoder"]
+
+    return scan_checked
+
+
+def json_codec(private: bool = True) -> tuple[Encoder, Scanner, Callable[[], type[ValueError]]]:
     """(encode, scan, error): encode(obj, 0) yields json.dumps()'s chunks with its
     defaults; scan(text, pos) -> (value, end) or StopIteration(pos), as json's scanner;
-    error: the JSONDecodeError it raises. private=False (or no _json): json's own."""
+    error() the JSONDecodeError class for the caller's own errors, the one the scanner
+    raises too: json's where json is loaded, else the stand-in's (a ValueError with
+    json's fields). private=False (or no _json): json's own."""
     try:
         if not private:
             raise ImportError
@@ -104,7 +126,7 @@ def json_codec(private: bool = True) -> tuple[Encoder, Scanner, type[ValueError]
         encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii,
                                     None, ": ", ", ", False, False, True)
         scan = _json.make_scanner(_DecoderOptions())  # type: ignore[arg-type]
-        return encode, scan, _decode_error_class()
+        return encode, _scan_raising(scan), _decode_error
     except (ImportError, AttributeError, TypeError):
         import json
         import json.scanner
@@ -115,7 +137,7 @@ def json_codec(private: bool = True) -> tuple[Encoder, Scanner, type[ValueError]
             return encoder.iterencode(obj)
 
         scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-        return encode_public, scan, json.JSONDecodeError
+        return encode_public, scan, lambda: json.JSONDecodeError
 
 
 # --- compiled modules -----------------------------------------------------------------

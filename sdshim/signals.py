@@ -16,6 +16,8 @@ NUMBERS: dict[str, int] = {k: int(v) for k, v in vars(_signal).items()
                            and isinstance(v, int)}
 NAMES: dict[int, str] = {v: k for k, v in NUMBERS.items() if k not in _ALIASES}
 NSIG: int = _signal.NSIG
+SIGTERM: int = NUMBERS["SIGTERM"]
+SIGKILL: int = NUMBERS["SIGKILL"]
 
 
 def number(name: str) -> int:

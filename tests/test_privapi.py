@@ -34,7 +34,7 @@ def test_json_codec_is_json_both_ways(private: bool) -> None:
         scan("", 0)
     with pytest.raises(ValueError) as exc:
         scan('{"a" 1}', 0)
-    assert isinstance(exc.value, error)
+    assert isinstance(exc.value, error())
     assert math.isnan(scan("NaN", 0)[0])
 
 
@@ -56,6 +56,33 @@ def test_json_errors_without_json_loaded() -> None:
     assert lines[:5] == ["JSONDecodeError 5", "JSONDecodeError 3", "JSONDecodeError 0",
                          "JSONDecodeError 3", "JSONDecodeError 1"], out
     assert lines[5] == "False False"
+
+
+def test_json_imports_after_a_lean_decode_error() -> None:
+    # The stand-in json.decoder lives only while the scanner raises: a process that
+    # reads a bad record first and imports json later (the CLI) gets json whole.
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from sdshim import leanjson\n"
+            "try:\n"
+            "    leanjson.loads('[1,')\n"
+            "except ValueError as e:\n"
+            "    print(type(e).__name__, e.pos)\n"
+            "import json\n"
+            "print(json.loads('[2]'), 'json.decoder' in sys.modules)\n"
+            "try:\n"
+            "    leanjson.loads('{} x')\n"
+            "except json.JSONDecodeError as e:\n"
+            "    print(type(e).__module__, e.pos)\n"
+            "try:\n"
+            "    leanjson.loads('[1,')\n"
+            "except json.JSONDecodeError as e:\n"
+            "    print(type(e).__module__, e.pos)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, root],
+                         capture_output=True, text=True, timeout=60, check=True)
+    # Once json is loaded, leanjson's errors are json's own class (the scanner's too).
+    assert out.stdout.splitlines() == ["JSONDecodeError 3", "[2] True", "json.decoder 3",
+                                       "json.decoder 3"], out
 
 
 def test_stand_in_decode_error_has_jsons_fields() -> None:

@@ -181,7 +181,7 @@ def test_failure(tmp_path: Path, name: str, result: str, record: dict[str, Any] 
 
 def test_what_a_failure_reads(tmp_path: Path) -> None:
     start = unit_start(tmp_path)
-    assert start.record_path == tmp_path / "exit.json"
+    assert start.record_path == str(tmp_path / "exit.json")
     call = start.properties_call
     assert (call.path, call.interface, call.member, call.body) == (
         "/org/freedesktop/systemd1/unit/sdshim_2dweb_2eservice",

@@ -25,7 +25,7 @@ from typing import Any
 
 from sdshim.errors import ContainerStateError
 from sdshim.shim import framing
-from sdshim.units import terminal
+from sdshim.units import detachkeys, terminal
 
 ATTACH_SOCKET = "attach"
 
@@ -69,7 +69,7 @@ class AttachSocket:
         """Pump frames both ways until the container exits, detach, or the end of the
         connection. stdin: the fd to forward (None: none). Blocking, one thread."""
         self.raw = raw
-        detach = terminal.DetachKeys(detach_keys)
+        detach = detachkeys.DetachKeys(detach_keys)
         sel = selectors.PollSelector()  # poll, not epoll: stdin may be a regular file
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         if stdin is not None:
@@ -157,7 +157,7 @@ async def session(directory: Path, what: str, *, tty: bool, stdin: bool, detach_
     the process writes meanwhile waits in the socket, and is thrown away if start
     fails (the error is reported instead, as in pipe mode).
     """
-    keys = terminal.parse_detach_keys(detach_keys)
+    keys = detachkeys.parse_detach_keys(detach_keys)
     sock = AttachSocket(directory, what)
     try:
         size = terminal.size(sys.stdout.fileno(), sys.stdin.fileno()) if tty else None

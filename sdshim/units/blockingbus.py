@@ -4,10 +4,9 @@ use, over the protocol core in sdshim.units.systemd1."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
-from sdshim import records
+from sdshim import rundir
 from sdshim.units.connection import Connection
 from sdshim.units.systemd1 import (
     PROPERTIES,
@@ -82,7 +81,7 @@ class BlockingSystemd:
         except BusCallError as e:
             raise start.refused(e) from None
         if not start.job.ok:
-            record = records.read_json(start.record_path)
+            record = rundir.read_json(start.record_path)
             if not start.ran(record):
                 failure = start.failure(record, self.properties(start.properties_call))
                 cleanup = start.cleanup_call
@@ -110,8 +109,10 @@ class BlockingSystemd:
         unit_props = self.unit_properties(unit, UNIT)
         service = None
         if unit_props is not None:
-            with contextlib.suppress(BusCallError):
+            try:  # noqa: SIM105 (contextlib is not on the lean path)
                 service = self.unit_properties(unit, SERVICE)
+            except BusCallError:
+                pass
         return service_state(unit_props, service)
 
     def list_units(self, patterns: list[str]) -> list[tuple[str, str, str]]:
@@ -120,8 +121,10 @@ class BlockingSystemd:
 
     def stop(self, unit: str) -> None:
         """Ask systemd to stop unit (no wait); a unit it does not have is stopped."""
-        with contextlib.suppress(BusCallError):
+        try:  # noqa: SIM105
             self.conn.call(stop_unit(unit))
+        except BusCallError:
+            pass
 
     def kill(self, unit: str, whom: str, signum: int) -> None:
         """KillUnit: signum to the unit's main process (whom 'main') or all of it."""

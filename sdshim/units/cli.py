@@ -8,151 +8,52 @@ when needed. Keep the imports here cheap: every command pays for them.
 
 from __future__ import annotations
 
-import argparse
-import json
-import signal
 import sys
-from pathlib import Path
 
-from sdshim import __version__, records
+from sdshim import __version__, signals
 from sdshim.errors import (
     EXIT_RUNTIME,
     EXIT_TIMEOUT,
     ContainerStateError,
+    Interrupted,
     SdshimError,
     UsageError,
 )
-from sdshim.signals import signal_number
-from sdshim.units.spec import (
-    DEFAULT_RESTART_DELAY,
-    RESTART_POLICIES,
-    SDNOTIFY_MODES,
-    SUPERVISORS,
-    seconds,
+from sdshim.units import cliargs
+from sdshim.units.cliargs import (
+    BUNDLE,
+    BUNDLE_HELP,
+    CREATE_OPTIONS,
+    DETACH_KEYS,
+    INTERACTIVE,
+    RUN_OPTIONS,
+    TTY,
+    parse_signal,
+    seconds_option,
 )
-from sdshim.units.terminal import DEFAULT_DETACH_KEYS, Interrupted, parse_detach_keys
+from sdshim.units.detachkeys import parse_detach_keys
 
 TYPE_CHECKING = False  # `typing` costs every command ~2 ms; only mypy needs it here
 if TYPE_CHECKING:
+    import argparse
     import contextlib
     from collections.abc import Callable, Coroutine, Sequence
+    from pathlib import Path
     from typing import Any
 
+    from sdshim.units.cliargs import Option, Parsed
 
-HEALTH_ACTIONS = ("none", "kill", "stop", "restart")  # as sdshim.shim.health.ON_FAILURE
+    Args = argparse.Namespace | Parsed
 
-
-def parse_signal(value: str) -> int:
-    try:
-        return signal_number(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+__all__ = ["COMMANDS", "build_parser", "entry", "main", "parse_signal"]
 
 
-def seconds_option(option: str) -> Callable[[str], float]:
-    """The argparse type of a duration option. Its UsageError is not one argparse
-    catches: it leaves parse_args and becomes one line and exit 2 in main()."""
-    return lambda value: seconds(option, value)
-
-
-def _create_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", help="container name (default: generated)")
-    p.add_argument("--runtime", default="runc", help="OCI runtime: runc (default) or crun")
-    p.add_argument("-p", "--property", action="append", default=[], metavar="KEY=VALUE",
-                   help="unit resource setting, e.g. MemoryMax=512M, CPUQuota=50%%, TasksMax=64")
-    p.add_argument("--stop-timeout", type=seconds_option("--stop-timeout"), default=10.0,
-                   metavar="SECONDS",
-                   help="grace period before SIGKILL on stop (default 10)")
-    p.add_argument("--stop-signal", type=parse_signal, default=None, metavar="SIGNAL",
-                   help="signal that asks the container to stop (default: the bundle's "
-                        "org.opencontainers.image.stopSignal annotation, else TERM)")
-    p.add_argument("--restart", choices=RESTART_POLICIES, default="no",
-                   help="restart the container when it exits: no (default), on-failure "
-                        "(non-zero status or signal), on-watchdog (killed by the "
-                        "watchdog), always (until stopped)")
-    p.add_argument("--restart-delay", type=seconds_option("--restart-delay"),
-                   default=DEFAULT_RESTART_DELAY,
-                   metavar="SECONDS", help="pause before a restart (default %(default)s)")
-    p.add_argument("--log-tag", default="", help="CONTAINER_TAG field of journal entries")
-    p.add_argument("--supervisor", choices=SUPERVISORS, default="sdshim",
-                   help="sdshim (default): a monitor supervises the container; systemd: "
-                   "the container becomes the unit's main process, no monitor stays")
-    p.add_argument("--log-driver", default="", metavar="native|stream",
-                   help="native (default with --supervisor sdshim): the monitor forwards "
-                   "each line with the container fields; stream (default with "
-                   "--supervisor systemd): output goes straight to journald")
-    p.add_argument("--log-max-line", default="", metavar="BYTES",
-                   help="split longer lines into partial journal entries (default 256K)")
-    p.add_argument("--log-path", default="", metavar="FILE",
-                   help="also write the output to FILE in the CRI log format")
-    p.add_argument("--log-size-max", default="", metavar="BYTES",
-                   help="rotate --log-path to FILE.1 before it grows past BYTES")
-    p.add_argument("--log-rate-limit", default="", metavar="BURST/INTERVAL",
-                   help="let journald drop lines beyond BURST per INTERVAL, e.g. "
-                   "10000/30s (default: no limit)")
-    _readiness_options(p)
-    _service_feature_options(p)
-    _stdio_options(p)
-    p.add_argument("bundle", type=Path, help="OCI bundle directory (config.json, rootfs)")
-
-
-def _service_feature_options(p: argparse.ArgumentParser) -> None:
-    """Socket activation, credentials, reload (sdshim.units.features)."""
-    g = p.add_argument_group("socket activation, credentials, reload")
-    g.add_argument("--socket", action="append", default=[], metavar="KEY=VALUE",
-                   help="listen on a socket that starts the container on the first "
-                        "connection and is its fd 3 (with run -d): ListenStream=ADDR, "
-                        "ListenDatagram=ADDR, ListenSequentialPacket=ADDR, "
-                        "FileDescriptorName=NAME, Backlog=, SocketMode=, ...; repeatable")
-    g.add_argument("--credential", action="append", default=[], metavar="NAME:PATH",
-                   help="a systemd credential (LoadCredential=): the file, as "
-                        "$CREDENTIALS_DIRECTORY/NAME in the container; repeatable")
-    g.add_argument("--set-credential", action="append", default=[], metavar="NAME:VALUE",
-                   help="a systemd credential with this value (SetCredential=); repeatable")
-    g.add_argument("--reload-signal", type=parse_signal, default=0, metavar="SIGNAL",
-                   help="what `systemctl reload` and `sdshim reload` send the container")
-
-
-def _features(args: argparse.Namespace) -> Any:
-    from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
-
-    if args.socket and args.command == "run" and not args.detach:
-        raise UsageError(SOCKET_NEEDS_DETACH)
-    return Features(sockets=args.socket, credentials=args.credential,
-                    set_credentials=args.set_credential, reload_signal=args.reload_signal)
-
-
-def _readiness_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sdnotify", choices=SDNOTIFY_MODES, default="monitor",
-                   help="who says the container is ready: monitor (default: once its "
-                   "command runs), container (it sends READY=1 to $NOTIFY_SOCKET), "
-                   "healthy (once the first health check passes)")
-    p.add_argument("--health-cmd", default=None, metavar="CMD",
-                   help="health check, run in the container: a shell command, or a JSON "
-                   "array (exec form)")
-    p.add_argument("--health-interval", default="", metavar="DURATION",
-                   help="time between health checks (default 30s; 1m30s, 500ms, seconds)")
-    p.add_argument("--health-timeout", default="", metavar="DURATION",
-                   help="kill a health check that runs longer (default 30s)")
-    p.add_argument("--health-retries", type=int, default=None, metavar="N",
-                   help="failures in a row that make the container unhealthy (default 3)")
-    p.add_argument("--health-start-period", default="", metavar="DURATION",
-                   help="failures this early, before the first success, do not count")
-    p.add_argument("--health-on-failure", choices=HEALTH_ACTIONS, default="",
-                   help="when unhealthy: none (default), kill, stop, or restart (with "
-                   "--restart on-failure|always: systemd restarts it)")
-
-
-def _stdio_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--interactive", action="store_true",
-                   help="keep stdin open (attached: feed it from ours)")
-    p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
-
-
-def _detach_keys_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
-                   help="keys that detach from a terminal, leaving the process running "
-                        f"(default {DEFAULT_DETACH_KEYS}; '' disables)")
+def _add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    groups: dict[str, Any] = {}
+    for opt in options:
+        if opt.group and opt.group not in groups:
+            groups[opt.group] = p.add_argument_group(opt.group)
+        opt.add_to(groups[opt.group] if opt.group else p)
 
 
 # Every command and alias build_parser() knows (tests check the two agree).
@@ -164,6 +65,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser. With command (a name from COMMANDS), it holds that command's
     subparser only: all that `sdshim COMMAND ...` parses, and the others cost every run
     ~1 ms to build. `sdshim --help`, and any other first word, gets them all."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="sdshim", description="Run OCI containers as systemd services.")
     parser.add_argument("--version", action="version", version=f"sdshim {__version__}")
@@ -177,13 +80,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return None
 
     if p := add("create", help="create a container (its unit runs; command waits)"):
-        _create_options(p)
+        _add_options(p, CREATE_OPTIONS)
+        p.add_argument(BUNDLE, help=BUNDLE_HELP)
     if p := add("run", help="create and start a container"):
-        _create_options(p)
-        p.add_argument("-d", "--detach", action="store_true",
-                       help="print the name and return once the container runs")
-        p.add_argument("--rm", action="store_true", help="delete the container when it exits")
-        _detach_keys_option(p)
+        _add_options(p, RUN_OPTIONS)
+        p.add_argument(BUNDLE, help=BUNDLE_HELP)
     if p := add("start", help="start a created container"):
         p.add_argument("name")
     if p := add("status", help="show a container's state"):
@@ -200,7 +101,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("name")
     if p := add("kill", help="send a signal to a container"):
-        p.add_argument("-s", "--signal", type=parse_signal, default=int(signal.SIGTERM),
+        p.add_argument("-s", "--signal", type=parse_signal, default=signals.SIGTERM,
                        help="signal name or number (default TERM)")
         p.add_argument("name")
     if p := add("stop", help="stop a container (stop signal, SIGKILL after --time)"):
@@ -213,12 +114,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if p := add("wait", help="wait for a container to exit; print its exit code"):
         p.add_argument("name")
     if p := add("attach", help="connect to a running container's terminal or stdio"):
-        _detach_keys_option(p)
+        DETACH_KEYS.add_to(p)
         p.add_argument("--no-stdin", action="store_true", help="only watch; send no input")
         p.add_argument("name")
     if p := add("exec", help="run a command in a running container"):
-        _stdio_options(p)
-        _detach_keys_option(p)
+        _add_options(p, (INTERACTIVE, TTY, DETACH_KEYS))
         p.add_argument("--timeout", type=seconds_option("--timeout"), default=0.0,
                        metavar="SECONDS", help="kill the command after this long (exit "
                        f"code {EXIT_TIMEOUT}; default 0: never)")
@@ -236,6 +136,7 @@ def _proxy_signals(kill: Callable[[int], Coroutine[Any, Any, None]]) -> None:
     """While attached, signals to the CLI go to the container or exec process (docker's
     --sig-proxy), through kill(signum)."""
     import asyncio
+    import signal
 
     loop = asyncio.get_running_loop()
 
@@ -249,7 +150,7 @@ def _proxy_signals(kill: Callable[[int], Coroutine[Any, Any, None]]) -> None:
         loop.add_signal_handler(sig, forward, int(sig))
 
 
-def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _create_kwargs(args: Args) -> dict[str, Any]:
     from sdshim.units.spec import parse_properties
 
     return {"name": args.name, "runtime": args.runtime,
@@ -267,7 +168,16 @@ def _create_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "features": _features(args)}
 
 
-def _health_options(args: argparse.Namespace) -> Any:
+def _features(args: Args) -> Any:
+    from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
+
+    if args.socket and args.command == "run" and not args.detach:
+        raise UsageError(SOCKET_NEEDS_DETACH)
+    return Features(sockets=args.socket, credentials=args.credential,
+                    set_credentials=args.set_credential, reload_signal=args.reload_signal)
+
+
+def _health_options(args: Args) -> Any:
     """spec.HealthOptions from --health-*; None without --health-cmd (then the others
     are refused: they would be ignored)."""
     from sdshim.units.spec import HealthOptions
@@ -306,11 +216,15 @@ def _exit_code(status: dict[str, Any]) -> int:
     return int(code) if code is not None else EXIT_RUNTIME
 
 
-_FOLLOW = argparse.Namespace(follow=True, since=None, tail=None, stream=None,
-                             timestamps=False, json=False)
+def _follow() -> Parsed:
+    """The logs options of an attached run or exec: all of the output, as it comes."""
+    from sdshim.units.cliargs import Parsed
+
+    return Parsed({"follow": True, "since": None, "tail": None, "stream": None,
+                   "timestamps": False, "json": False})
 
 
-async def _print_logs(m: Any, name: str, args: argparse.Namespace,
+async def _print_logs(m: Any, name: str, args: Args,
                       exec_dir: Path | None = None) -> None:
     """The container's output (with exec_dir, that exec's) from the journal."""
     from sdshim.units import logs
@@ -346,9 +260,11 @@ async def _print_logs(m: Any, name: str, args: argparse.Namespace,
     sys.stderr.flush()
 
 
-def _write_line(line: Any, args: argparse.Namespace) -> None:
+def _write_line(line: Any, args: Args) -> None:
     """The container's bytes as it wrote them: stdout to stdout, stderr to stderr."""
     if args.json:
+        import json
+
         sys.stdout.buffer.write(json.dumps(line.as_json()).encode() + b"\n")
         return
     out = (sys.stderr if line.stream == "stderr" else sys.stdout).buffer
@@ -357,7 +273,8 @@ def _write_line(line: Any, args: argparse.Namespace) -> None:
     out.write(line.data + b"\n" if line.newline else line.data)
 
 
-async def run_command(args: argparse.Namespace) -> int:
+async def run_command(args: Args) -> int:
+    from sdshim import records  # pathlib: not for the lean commands
     from sdshim.units.manager import Manager
 
     async with await Manager.connect() as m:
@@ -370,7 +287,7 @@ async def run_command(args: argparse.Namespace) -> int:
             _proxy_signals(lambda signum: m.kill(name, signum))
             try:
                 with _feeding(args, records.container_dir(name), f"container {name}"):
-                    await _print_logs(m, name, _FOLLOW)
+                    await _print_logs(m, name, _follow())
                 return _exit_code(await m.wait(name))
             finally:
                 if args.rm:
@@ -406,7 +323,7 @@ async def run_command(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {cmd}")
 
 
-def _feeding(args: argparse.Namespace, directory: Path,
+def _feeding(args: Args, directory: Path,
              what: str) -> contextlib.AbstractContextManager[None]:
     """Pipe mode, attached: stdin goes through the attach socket, output comes from the
     journal (which has all of it, however early it came)."""
@@ -419,15 +336,16 @@ def _feeding(args: argparse.Namespace, directory: Path,
     return attach.feed_stdin(directory, what)
 
 
-def _check_stdio(args: argparse.Namespace) -> None:
+def _check_stdio(args: Args) -> None:
     parse_detach_keys(args.detach_keys)
     if args.tty and args.interactive and not sys.stdin.isatty():
         raise UsageError("the input is not a terminal: -t with -i needs one; "
                          "drop -t to pipe input")
 
 
-async def _run_terminal(m: Any, args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+async def _run_terminal(m: Any, args: Args, kwargs: dict[str, Any]) -> int:
     """run -t: create, attach, then start, so that not a byte of output is lost."""
+    from sdshim import records  # pathlib: not for the lean commands
     from sdshim.units import attach
 
     _check_stdio(args)
@@ -445,7 +363,8 @@ async def _run_terminal(m: Any, args: argparse.Namespace, kwargs: dict[str, Any]
             await m.delete(name, force=True)
 
 
-async def _attach(m: Any, args: argparse.Namespace) -> int:
+async def _attach(m: Any, args: Args) -> int:
+    from sdshim import records  # pathlib: not for the lean commands
     from sdshim.units import attach
 
     parse_detach_keys(args.detach_keys)
@@ -463,6 +382,8 @@ async def _attach(m: Any, args: argparse.Namespace) -> int:
 async def _after_session(m: Any, name: str, what: str, outcome: Any,
                          exec_dir: Path | None = None) -> int:
     """The exit code after an attach session; detaching or a dropped connection is said."""
+    from sdshim import records
+
     if outcome.how == "exited":
         return _exit_code(outcome.result)
     if outcome.how == "detached":
@@ -482,7 +403,7 @@ async def _after_session(m: Any, name: str, what: str, outcome: Any,
                               "no output for too long); the process keeps running")
 
 
-async def _exec(m: Any, args: argparse.Namespace) -> int:
+async def _exec(m: Any, args: Args) -> int:
     from sdshim.units import attach, execs
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -504,7 +425,7 @@ async def _exec(m: Any, args: argparse.Namespace) -> int:
         else:
             _proxy_signals(lambda signum: execs.kill(ex, signum))
             with _feeding(args, ex.dir, ex.what):
-                await _print_logs(m, args.name, _FOLLOW, ex.dir)
+                await _print_logs(m, args.name, _follow(), ex.dir)
             record = await execs.wait(m, ex)
             code = _exit_code(record)
     finally:
@@ -560,7 +481,9 @@ def _print_table(statuses: list[dict[str, Any]]) -> None:
 QUICK = frozenset({"status", "list", "ps", "kill", "stop"})
 
 
-def quick_command(args: argparse.Namespace) -> int:
+def quick_command(args: Args) -> int:
+    import json  # leanjson has no indent
+
     from sdshim.units.blockingmanager import BlockingManager
 
     with BlockingManager.connect() as m:
@@ -583,12 +506,22 @@ def quick_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def detached_create(args: argparse.Namespace) -> int:
+def detached_create(args: Args) -> int:
     """create, run -d: start the unit, wait for its job, print the container's name."""
     from sdshim.units import creation
 
     print(creation.create(args.bundle, start=args.command == "run", **_create_kwargs(args)))
     return 0
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+    """The command line, read: `create` and `run` by the lean parser where it can
+    (sdshim.units.cliargs), everything else by argparse."""
+    if argv and argv[0] in ("create", "run"):
+        parsed = cliargs.parse_create(argv[0], argv[1:])
+        if parsed is not None:
+            return parsed
+    return build_parser(argv[0] if argv else None).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -597,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with SDSHIM_DEBUG=1), so that it never passes for a container's exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser(argv[0] if argv else None).parse_args(argv)
+        args = parse_args(argv)
         if args.command == "create" or (args.command == "run" and args.detach):
             return detached_create(args)
         if args.command in QUICK:

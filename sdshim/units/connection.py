@@ -12,7 +12,6 @@ from __future__ import annotations
 # create` ~1 ms, and this needs only connect, sendall, recv and timeouts.
 import _socket
 import os
-import re
 import time
 
 from sdshim.errors import SystemdError
@@ -67,6 +66,10 @@ def system_bus_socket(address: str | None = None) -> str:
 
 def _unescape(value: str) -> str:
     """D-Bus addresses escape bytes as %XX (urllib's unquote would cost an import)."""
+    if "%" not in value:
+        return value
+    import re  # rare: the lean path does without it
+
     raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m[1], 16)]), value.encode())
     return raw.decode(errors="surrogateescape")
 

@@ -9,15 +9,11 @@ command used to spend before it did anything.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
-from pathlib import Path
 
-from sdshim import naming, records, spawn
+from sdshim import leanjson, leanos, naming, rundir, signals, spawn
 from sdshim.errors import BundleError, RuntimeNotFoundError, SdshimError
-from sdshim.signals import signal_number
 from sdshim.units import direct
 from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.spec import ContainerSpec
@@ -26,6 +22,8 @@ from sdshim.units.systemd1 import UnitStart, exists_error
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from sdshim.leanos import StrPath
 
 # The OCI image spec's annotation for the stop signal (docker's STOPSIGNAL); runtime
 # configs have no field of their own for it.
@@ -38,18 +36,19 @@ def resolve_runtime(runtime: str) -> str:
         raise RuntimeNotFoundError(
             f"OCI runtime {runtime!r} not found; install runc or crun, "
             "or pass --runtime with the runtime's path")
-    return str(Path(path).resolve())
+    return leanos.realpath(leanos.absolute(path))
 
 
-def check_bundle(bundle: Path) -> tuple[Path, dict[str, Any]]:
+def check_bundle(path: StrPath) -> tuple[str, dict[str, Any]]:
     """The bundle's absolute path and config, if it is a directory with a usable one."""
-    bundle = bundle.absolute()
-    if not bundle.is_dir():
+    bundle = leanos.absolute(path)
+    if not leanos.isdir(bundle):
         raise BundleError(f"bundle {bundle} does not exist or is not a directory; "
                           "give the directory that holds config.json and the rootfs")
-    config_path = bundle / "config.json"
+    config_path = leanos.join(bundle, "config.json")
     try:
-        config = json.loads(config_path.read_text())
+        with open(config_path, "rb") as f:
+            config = leanjson.loads(f.read().decode())
     except FileNotFoundError:
         raise BundleError(f"bundle {bundle} has no config.json; create one with "
                           f"`runc spec --bundle {bundle}`") from None
@@ -62,30 +61,31 @@ def check_bundle(bundle: Path) -> tuple[Path, dict[str, Any]]:
     return bundle, config
 
 
-def bundle_stop_signal(config: dict[str, Any], config_path: Path) -> int:
+def bundle_stop_signal(config: dict[str, Any], config_path: str) -> int:
     """The stop signal the bundle asks for in its annotations; SIGTERM if none."""
     annotations = config.get("annotations")
     value = annotations.get(STOP_SIGNAL_ANNOTATION) if isinstance(annotations, dict) else None
     if value is None:
-        return int(signal.SIGTERM)
+        return signals.SIGTERM
     try:
-        return signal_number(str(value))
+        return signals.signal_number(str(value))
     except ValueError as e:
         raise BundleError(f"{config_path}: annotation {STOP_SIGNAL_ANNOTATION}: {e}; "
                           "fix it or pass --stop-signal") from None
 
 
-def container_spec(bundle: Path, name: str | None, runtime: str, start: bool,
+def container_spec(bundle: StrPath, name: str | None, runtime: str, start: bool,
                    options: dict[str, Any]) -> ContainerSpec:
     """The checked spec of a new container (see Manager.create for the options)."""
     name = naming.validate_name(name) if name else naming.generate_name()
     bundle, config = check_bundle(bundle)
     if options.get("stop_signal") is None:
-        options = {**options, "stop_signal": bundle_stop_signal(config, bundle / "config.json")}
+        options = {**options, "stop_signal": bundle_stop_signal(
+            config, leanos.join(bundle, "config.json"))}
     spec = ContainerSpec(name=name, id=naming.generate_id(), bundle=bundle,
                          runtime=resolve_runtime(runtime), start=start, **options)
-    spec.features.check_config(config, bundle / "config.json")
-    if records.container_dir(name).exists():
+    spec.features.check_config(config, leanos.join(bundle, "config.json"))
+    if leanos.exists(rundir.container_dir(name)):
         raise exists_error(name)
     return spec
 
@@ -94,10 +94,10 @@ def unit_start(spec: ContainerSpec) -> UnitStart:
     """Starting the container's unit: the job and its errors (sdshim.units.systemd1)."""
     unit, props, aux = spec.transient_units()
     return UnitStart(unit, props, what=f"container {spec.name}",
-                     directory=records.container_dir(spec.name), name=spec.name, aux=aux)
+                     directory=rundir.container_dir(spec.name), name=spec.name, aux=aux)
 
 
-def create(bundle: Path, *, name: str | None = None, runtime: str = "runc",
+def create(bundle: StrPath, *, name: str | None = None, runtime: str = "runc",
            start: bool = False, **options: Any) -> str:
     """Manager.create over a blocking connection; the container's name. The job ends
     at READY=1, or when the unit fails or its start times out (TimeoutStartSec)."""
@@ -141,7 +141,7 @@ def start_direct(systemd: BlockingSystemd, name: str, pid: int,
     failed = start.error(code)
     if failed is not None:
         try:  # noqa: SIM105 (the blocking path does not import contextlib)
-            systemd.kill(naming.unit_name(name), "main", int(signal.SIGKILL))
+            systemd.kill(naming.unit_name(name), "main", signals.SIGKILL)
         except SdshimError:
             pass  # it ended meanwhile
         raise failed

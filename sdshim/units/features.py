@@ -8,8 +8,6 @@ Names and D-Bus types as systemd-run sends them (src/shared/bus-unit-util.c):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sdshim import naming
 from sdshim.errors import BundleError, UsageError
 from sdshim.shim.inherited import own_pid_namespace
@@ -90,7 +88,7 @@ class Features:
         except ValueError as e:
             raise UsageError(f"invalid --socket {item!r}: {e}") from None
 
-    def check_config(self, config: dict[str, Any], path: Path) -> None:
+    def check_config(self, config: dict[str, Any], path: str) -> None:
         """What the bundle must have for these features (the monitor checks again)."""
         if self.socket_activated and not own_pid_namespace(config):
             raise BundleError(f"{path}: socket activation needs the container in a PID "
@@ -136,6 +134,8 @@ def _load_credential(item: str) -> tuple[str, str]:
         raise UsageError(f"invalid --credential {item!r}: use NAME:PATH, e.g. "
                          "--credential dbpass:/etc/web/dbpass")
     _credential_name(name, "--credential", item)
+    from pathlib import Path  # only with --credential: pathlib is no cheap import
+
     p = Path(path).absolute()
     if not p.exists():
         raise UsageError(f"--credential {name}: {p} does not exist; give the file that "

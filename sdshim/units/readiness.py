@@ -8,22 +8,23 @@ the container exits first (systemd's result: protocol) or when TimeoutStartSec p
 
 from __future__ import annotations
 
-from sdshim import records
+from sdshim import leanos, rundir
 from sdshim.errors import EXIT_RUNTIME, CreateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any
+
+    from sdshim.leanos import StrPath
 
 USEC = 1_000_000
 
 
-def not_ready_error(directory: Path, what: str, unit: str,
+def not_ready_error(directory: StrPath, what: str, unit: str,
                     props: dict[str, Any] | None) -> CreateError | None:
     """The error for a start job that failed without a recorded error, if readiness
     explains it; None otherwise (the caller has other words)."""
-    state = records.read_json(directory / "state.json") or {}
+    state = rundir.read_json(leanos.join(directory, "state.json")) or {}
     mode = state.get("sdnotify", "monitor")
     if mode == "monitor":
         return None
@@ -37,7 +38,7 @@ def not_ready_error(directory: Path, what: str, unit: str,
                            f"{waited_for} (--sdnotify {mode}); it was stopped. Raise the "
                            f"limit with -p TimeoutStartSec=..., or see `journalctl -u "
                            f"{unit}`", EXIT_RUNTIME)
-    exit_record = records.read_json(directory / "exit.json")
+    exit_record = rundir.read_json(leanos.join(directory, "exit.json"))
     if exit_record is None or exit_record.get("error"):
         return None
     code = exit_record.get("exit_code")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-import signal
 import sys
-from pathlib import Path
 
-from sdshim import naming, shim
+from sdshim import leanos, naming, shim, signals
 from sdshim.errors import EXIT_NO_RESTART, UsageError
 from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
 
@@ -15,6 +12,8 @@ TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
+
+    from sdshim.leanos import StrPath
 
     # A unit property as StartTransientUnit takes it: (name, D-Bus signature, value).
     # No D-Bus library's Variant here: the CLI's blocking client (sdshim.units.wire)
@@ -51,9 +50,9 @@ class ContainerSpec:
     """A container's unit, checked. A plain class: a dataclass would pull in `inspect`
     (~4 ms of every `sdshim create` and `run -d`)."""
 
-    def __init__(self, name: str, id: str, bundle: Path, runtime: str, *,
+    def __init__(self, name: str, id: str, bundle: StrPath, runtime: str, *,
                  start: bool = True, stop_timeout: float = 10.0,
-                 stop_signal: int = int(signal.SIGTERM), tag: str = "",
+                 stop_signal: int = signals.SIGTERM, tag: str = "",
                  log_max_line: int = 0, log_driver: str = "", log_path: str = "",
                  log_size_max: int = 0, log_rate_limit: str = "", restart: str = "no",
                  restart_delay: float = DEFAULT_RESTART_DELAY, interactive: bool = False,
@@ -62,7 +61,7 @@ class ContainerSpec:
                  supervisor: str = "sdshim", features: Features | None = None) -> None:
         self.name = name
         self.id = id
-        self.bundle = bundle
+        self.bundle = leanos.absolute(bundle)
         self.runtime = runtime
         self.start = start
         self.stop_timeout = stop_timeout
@@ -105,11 +104,11 @@ class ContainerSpec:
             if self.log_driver != "native":
                 raise UsageError("--log-path needs --log-driver native: with stream the "
                                  "output goes straight to journald, not through sdshim")
-            path = Path(self.log_path).absolute()
-            if not path.parent.is_dir():
-                raise UsageError(f"directory {path.parent} for --log-path does not exist; "
-                                 "create it first")
-            self.log_path = str(path)
+            path = leanos.absolute(self.log_path)
+            if not leanos.isdir(leanos.dirname(path)):
+                raise UsageError(f"directory {leanos.dirname(path)} for --log-path does not "
+                                 "exist; create it first")
+            self.log_path = path
         elif self.log_size_max:
             raise UsageError("--log-size-max needs --log-path FILE")
         if self.log_rate_limit:
@@ -358,9 +357,9 @@ def monitor_command() -> list[str]:
     the directory holding the sdshim package on sys.path instead. That needs the package
     to be plain files; otherwise (a zip, say) fall back to -m with site.
     """
-    main = Path(shim.__file__).with_name("__main__.py")
-    if main.is_file():
-        return [sys.executable, "-I", "-S", str(main)]
+    main = leanos.join(leanos.dirname(str(shim.__file__)), "__main__.py")
+    if leanos.isfile(main):
+        return [sys.executable, "-I", "-S", main]
     return [sys.executable, "-I", "-m", "sdshim.shim"]
 
 
@@ -371,6 +370,8 @@ UINT64_MAX = (1 << 64) - 1
 
 
 def parse_bytes(value: str) -> int:
+    import re  # only for the options that need it: `re` is the lean path's biggest import
+
     if value == "infinity":
         return UINT64_MAX
     m = re.fullmatch(r"(\d+)([KMGT]?)", value.upper())
@@ -402,6 +403,8 @@ def parse_count(value: str) -> int:
 
 
 def parse_percent_quota(value: str) -> int:
+    import re
+
     m = re.fullmatch(r"(\d+(?:\.\d+)?)%", value)
     if not m:
         raise ValueError("expected a percentage like 50% (100% = one CPU)")
@@ -430,6 +433,8 @@ def seconds(option: str, value: float | str) -> float:
 
 
 def parse_seconds(value: str) -> int:
+    import re
+
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|min)?", value)
     if not m:
         raise ValueError("expected a time like 30s, 500ms or 2min")

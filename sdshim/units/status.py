@@ -139,7 +139,7 @@ def names(units: Iterable[str]) -> list[str]:
                          if not u.startswith(PODMAN_UNIT_PREFIX)) if n}
     if records.RUN_DIR.is_dir():
         found.update(p.name for p in records.RUN_DIR.iterdir()
-                     if naming.NAME_RE.fullmatch(p.name))
+                     if naming.is_name(p.name))
     return sorted(found)
 
 

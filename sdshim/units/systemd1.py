@@ -11,13 +11,14 @@ The transports send the calls, feed back what came, and raise what this gives th
 
 from __future__ import annotations
 
+from sdshim import leanos
 from sdshim.errors import ContainerExistsError, CreateError, SdshimError, SystemdError
 
 TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any
 
+    from sdshim.leanos import StrPath
     from sdshim.units.spec import Property
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -289,7 +290,7 @@ class UnitStart:
     __slots__ = ("aux", "directory", "job", "name", "refused_call", "unit", "what")
 
     def __init__(self, unit: str, properties: list[Property], *, what: str,
-                 directory: Path, name: str = "",
+                 directory: StrPath, name: str = "",
                  aux: list[tuple[str, list[Property]]] | None = None) -> None:
         self.unit = unit
         self.what = what
@@ -307,8 +308,8 @@ class UnitStart:
             hint=f"{what} may have started anyway: see {check}"))
 
     @property
-    def record_path(self) -> Path:
-        return self.directory / "exit.json"
+    def record_path(self) -> str:
+        return leanos.join(self.directory, "exit.json")
 
     @property
     def properties_call(self) -> Call:
