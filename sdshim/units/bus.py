@@ -144,10 +144,13 @@ class Systemd:
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type != MessageType.SIGNAL:
             return False
-        for job, pending in list(self._jobs.items()):
-            job.signal(msg.interface or "", msg.member or "", msg.body)
-            if job.ended and not pending.done():
-                pending.set_result(None)
+        # Only JobRemoved ends a job (Job.signal): with 200 starts at once, handing
+        # every PropertiesChanged to every job was a good part of the Manager's CPU.
+        if msg.member == "JobRemoved":
+            for job, pending in list(self._jobs.items()):
+                job.signal(msg.interface or "", msg.member, msg.body)
+                if job.ended and not pending.done():
+                    pending.set_result(None)
         if msg.member == "PropertiesChanged" and msg.path in self._unit_watchers:
             for event in self._unit_watchers[msg.path]:
                 event.set()

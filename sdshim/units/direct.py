@@ -212,10 +212,11 @@ class Start:
         self.argv = self.rt.argv("start", str(state.get("id")))
 
     @property
-    def env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str] | None:
         # runc proxies NOTIFY_SOCKET, and `runc start` would wait for the container's
-        # READY=1: a caller that is a service itself must not pass its own on.
-        return leanos.environ("NOTIFY_SOCKET")
+        # READY=1: a caller that is a service itself must not pass its own on. None
+        # (inherit) without it: a copy costs the Manager per start, 200 at once.
+        return leanos.environ("NOTIFY_SOCKET") if leanos.getenv("NOTIFY_SOCKET") else None
 
     def hold(self) -> int:
         """The start lock (an fd to close once `runc start` has ended): the stop step
