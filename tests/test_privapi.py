@@ -38,10 +38,20 @@ def test_json_codec_is_json_both_ways(private: bool) -> None:
     assert math.isnan(scan("NaN", 0)[0])
 
 
+def without_site(code: str) -> list[str]:
+    """What code prints, run from this checkout by an interpreter without site (as the
+    monitor runs): sys.argv[1] is the checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c",
+                          "import sys; sys.path.insert(0, sys.argv[1])\n" + code, root],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.splitlines()
+
+
 def test_json_errors_without_json_loaded() -> None:
     # The monitor never imports json: the C scanner's errors must still be
     # ValueErrors (Python 3.11's _json raises SystemError without json.decoder).
-    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+    lines = without_site(
             "from sdshim import leanjson\n"
             "for bad in ['{\"a\" 1}', '[1,', 'x', '{} x', '\"\\\\x\"']:\n"
             "    try:\n"
@@ -49,19 +59,15 @@ def test_json_errors_without_json_loaded() -> None:
             "    except ValueError as e:\n"
             "        print(type(e).__name__, e.pos)\n"
             "print('re' in sys.modules, 'json' in sys.modules)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, root],
-                         capture_output=True, text=True, timeout=60, check=True)
-    lines = out.stdout.splitlines()
     assert lines[:5] == ["JSONDecodeError 5", "JSONDecodeError 3", "JSONDecodeError 0",
-                         "JSONDecodeError 3", "JSONDecodeError 1"], out
+                         "JSONDecodeError 3", "JSONDecodeError 1"], lines
     assert lines[5] == "False False"
 
 
 def test_json_imports_after_a_lean_decode_error() -> None:
     # The stand-in json.decoder lives only while the scanner raises: a process that
     # reads a bad record first and imports json later (the CLI) gets json whole.
-    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+    lines = without_site(
             "from sdshim import leanjson\n"
             "try:\n"
             "    leanjson.loads('[1,')\n"
@@ -77,12 +83,8 @@ def test_json_imports_after_a_lean_decode_error() -> None:
             "    leanjson.loads('[1,')\n"
             "except json.JSONDecodeError as e:\n"
             "    print(type(e).__module__, e.pos)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, root],
-                         capture_output=True, text=True, timeout=60, check=True)
     # Once json is loaded, leanjson's errors are json's own class (the scanner's too).
-    assert out.stdout.splitlines() == ["JSONDecodeError 3", "[2] True", "json.decoder 3",
-                                       "json.decoder 3"], out
+    assert lines == ["JSONDecodeError 3", "[2] True", "json.decoder 3", "json.decoder 3"]
 
 
 def test_stand_in_decode_error_has_jsons_fields() -> None:

@@ -3,7 +3,9 @@
 `create` and `run -d` (sdshim.units.creation) and the quick commands `status`, `list`,
 `kill` and `stop` (sdshim.units.blockingmanager) take the blocking path, which imports
 neither asyncio nor dbus-fast; every other command runs on the asyncio Manager, imported
-when needed. Keep the imports here cheap: every command pays for them.
+when needed. `create` and `run` are read by sdshim.units.cliargs where it can, the rest
+by argparse, imported only then. Keep the imports here cheap: every command pays for
+them, and `create` and `run -d` load none of re, argparse, pathlib, json or signal.
 """
 
 from __future__ import annotations
