@@ -409,6 +409,13 @@ def test_leanos_paths_are_posixpath_paths(path: str) -> None:
     assert leanos.basename(path) == os.path.basename(path)
 
 
+@pytest.mark.parametrize("path", ["/a/b", "/a/b/", "/", "a", "", "./a", "a/./b/", "/a//b",
+                                  "///a/b", "../a", "/a/../b", "."])
+def test_leanos_absolute_is_pathlib_absolute(path: str) -> None:
+    # (pathlib keeps a leading "//", which POSIX leaves to the system: leanos does not.)
+    assert leanos.absolute(path) == str(Path(path).absolute())
+
+
 def test_leanos_files(tmp_path: Path) -> None:
     deep = str(tmp_path / "a" / "b" / "c")
     leanos.makedirs(deep, 0o700)
@@ -416,6 +423,8 @@ def test_leanos_files(tmp_path: Path) -> None:
     assert leanos.isdir(deep) and leanos.exists(deep)
     (tmp_path / "f").write_text("")
     assert leanos.exists(str(tmp_path / "f")) and not leanos.isdir(str(tmp_path / "f"))
+    assert leanos.isfile(str(tmp_path / "f")) and not leanos.isfile(deep)
+    assert not leanos.isfile(str(tmp_path / "nope"))
     assert not leanos.exists(str(tmp_path / "nope"))
     with pytest.raises(FileExistsError):
         leanos.makedirs(str(tmp_path / "f"))
