@@ -20,7 +20,7 @@ from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import LineSplitter, encode_entry, encode_field
 from sdshim.units import spec
-from sdshim.units.cli import parse_signal
+from sdshim.units.cliargs import parse_signal
 from sdshim.units.detachkeys import DetachKeys, parse_detach_keys
 from sdshim.units.logs import ExportParser, Reassembler, parse_export
 from sdshim.units.systemd1 import unit_path

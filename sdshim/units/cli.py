@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
     Args = argparse.Namespace | Parsed
 
-__all__ = ["COMMANDS", "build_parser", "entry", "main", "parse_signal"]
-
-
 def _add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     groups: dict[str, Any] = {}
     for opt in options:

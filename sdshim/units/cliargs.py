@@ -11,6 +11,7 @@ None for anything else, which then goes to argparse. Both give the same values
 
 from __future__ import annotations
 
+from sdshim.errors import SdshimError
 from sdshim.signals import signal_number
 from sdshim.units.detachkeys import DEFAULT_DETACH_KEYS
 from sdshim.units.spec import (
@@ -87,8 +88,6 @@ def parse(command: str, options: Sequence[Option], positional: str,
     -h), combined short flags, a value that starts with '-', a value argparse would
     refuse (choices, convert raising anything but sdshim's own errors, which end the
     command either way), '--', or not exactly one positional."""
-    from sdshim.errors import SdshimError
-
     values: dict[str, Any] = {"command": command}
     by_flag: dict[str, Option] = {}
     for each in options:

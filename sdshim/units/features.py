@@ -8,7 +8,9 @@ Names and D-Bus types as systemd-run sends them (src/shared/bus-unit-util.c):
 
 from __future__ import annotations
 
-from sdshim import naming
+import os
+
+from sdshim import leanos, naming
 from sdshim.errors import BundleError, UsageError
 from sdshim.shim.inherited import own_pid_namespace
 
@@ -134,15 +136,13 @@ def _load_credential(item: str) -> tuple[str, str]:
         raise UsageError(f"invalid --credential {item!r}: use NAME:PATH, e.g. "
                          "--credential dbpass:/etc/web/dbpass")
     _credential_name(name, "--credential", item)
-    from pathlib import Path  # only with --credential: pathlib is no cheap import
-
-    p = Path(path).absolute()
-    if not p.exists():
+    p = leanos.absolute(path)
+    if not leanos.exists(p):
         raise UsageError(f"--credential {name}: {p} does not exist; give the file that "
                          "holds the credential")
-    if p.is_file() and p.stat().st_size > CREDENTIAL_SIZE_MAX:
+    if leanos.isfile(p) and os.stat(p).st_size > CREDENTIAL_SIZE_MAX:
         raise UsageError(f"--credential {name}: {p} is larger than 1 MiB, systemd's limit")
-    return name, str(p)
+    return name, p
 
 
 def _set_credential(item: str) -> tuple[str, bytes]:
