@@ -1,6 +1,7 @@
 # Distro packages, built in a copy of the tree under $(OUT); the checkout stays clean.
-#   make deb    $(OUT)/sdshim_VERSION_all.deb, checked with lintian (no errors allowed)
-#   make rpm    $(OUT)/sdshim-VERSION-1.noarch.rpm
+#   make deb    $(OUT)/sdshim_VERSION_all.deb and sdshim-conmon_VERSION_all.deb, checked
+#               with lintian (no errors allowed)
+#   make rpm    $(OUT)/sdshim-VERSION-1.noarch.rpm and sdshim-conmon-VERSION-1.noarch.rpm
 # On Debian 12 the tools come from the packages in dev.sh's APT_PACKAGES
 # (`./dev.sh setup` installs them).
 
@@ -40,8 +41,9 @@ deb: check-version
 	cp -r packaging/debian $(OUT)/deb/sdshim-$(VERSION)/debian
 	find $(OUT)/deb -name __pycache__ -prune -exec rm -rf {} +
 	cd $(OUT)/deb/sdshim-$(VERSION) && $(BUILD_ENV) dpkg-buildpackage --build=binary --no-sign
-	$(BUILD_ENV) lintian --fail-on error --display-info $(OUT)/deb/sdshim_$(VERSION)_all.deb
-	cp $(OUT)/deb/sdshim_$(VERSION)_all.deb $(OUT)/
+	$(BUILD_ENV) lintian --fail-on error --display-info $(OUT)/deb/sdshim_$(VERSION)_all.deb \
+	    $(OUT)/deb/sdshim-conmon_$(VERSION)_all.deb
+	cp $(OUT)/deb/sdshim_$(VERSION)_all.deb $(OUT)/deb/sdshim-conmon_$(VERSION)_all.deb $(OUT)/
 
 rpm: check-version
 	rm -rf $(OUT)/rpm
@@ -49,4 +51,5 @@ rpm: check-version
 	tar -czf $(OUT)/rpm/SOURCES/sdshim-$(VERSION).tar.gz --exclude=__pycache__ \
 	    --transform 's,^,sdshim-$(VERSION)/,' $(SOURCES)
 	$(BUILD_ENV) rpmbuild -bb $(RPMBUILD_FLAGS) --define '_topdir $(OUT)/rpm' packaging/rpm/sdshim.spec
-	cp $(OUT)/rpm/RPMS/noarch/sdshim-$(VERSION)-*.noarch.rpm $(OUT)/
+	cp $(OUT)/rpm/RPMS/noarch/sdshim-$(VERSION)-*.noarch.rpm \
+	    $(OUT)/rpm/RPMS/noarch/sdshim-conmon-$(VERSION)-*.noarch.rpm $(OUT)/

@@ -42,6 +42,16 @@ POLICY_RC = "/usr/sbin/policy-rc.d"
 class Packages:
     deb: Path
     rpm: Path
+    # sdshim-conmon: podman's conmon_path, a package of its own (podman reports the
+    # package that owns its conmon)
+    conmon_deb: Path
+    conmon_rpm: Path
+
+
+def _packages(out: Path, version: str) -> Packages:
+    return Packages(out / f"sdshim_{version}_all.deb", out / f"sdshim-{version}-1.noarch.rpm",
+                    out / f"sdshim-conmon_{version}_all.deb",
+                    out / f"sdshim-conmon-{version}-1.noarch.rpm")
 
 
 def _git_status() -> str:
@@ -63,8 +73,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     # The build ran in a copy: not even an ignored file (build/, __pycache__) appeared.
     assert _git_status() == before
-    return Packages(out / f"sdshim_{__version__}_all.deb",
-                    out / f"sdshim-{__version__}-1.noarch.rpm")
+    return _packages(out, __version__)
 
 
 # --- a second version, for the upgrade test -------------------------------------------
@@ -92,7 +101,7 @@ def record(module: str) -> None:
 
 
 def main() -> None:
-    """sdshim-upgradetest: an extra console script, as sdshim-conmon will be."""
+    """sdshim-upgradetest: an extra console script, as sdshim-conmon is."""
     from sdshim import __version__
 
     print(f"upgradetest {{__version__}} {{sys.argv[0]}}")
@@ -106,9 +115,16 @@ PROBE_CALL = "\nimport sdshim._upgrade_probe as _upgrade_probe  # noqa\n" \
 
 @dataclass
 class NextPackage:
-    deb: Path
-    rpm: Path
+    packages: Packages
     version: str
+
+    @property
+    def deb(self) -> Path:
+        return self.packages.deb
+
+    @property
+    def rpm(self) -> Path:
+        return self.packages.rpm
 
 
 def _bump_version(tree: Path, version: str) -> None:
@@ -161,8 +177,7 @@ def next_package(tmp_path_factory: pytest.TempPathFactory) -> NextPackage:
                            capture_output=True, text=True, timeout=600, check=False,
                            env={**os.environ, **SYSTEM_ENV})
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    return NextPackage(work / "out" / f"sdshim_{version}_all.deb",
-                       work / "out" / f"sdshim-{version}-1.noarch.rpm", version)
+    return NextPackage(_packages(work / "out", version), version)
 
 
 def test_extra_console_scripts_are_also_in_libexec(next_package: NextPackage) -> None:
@@ -179,6 +194,34 @@ def test_extra_console_scripts_are_also_in_libexec(next_package: NextPackage) ->
     assert re.search(r"^lrwxrwxrwx .* /usr/libexec/sdshim/upgradetest -> "
                      r"\.\./\.\./bin/sdshim-upgradetest$", rpm, re.M), rpm
     assert re.search(r"^drwxr-xr-x .* /usr/libexec/sdshim$", rpm, re.M), rpm
+
+
+def test_conmon_is_a_package_of_its_own(packages: Packages) -> None:
+    """sdshim-conmon holds podman's conmon_path and nothing else, and needs the very same
+    sdshim; sdshim holds no conmon."""
+    conmon = {"/usr/bin/sdshim-conmon", "/usr/libexec/sdshim/conmon"}
+    deb = subprocess.run(["dpkg-deb", "-c", str(packages.conmon_deb)], capture_output=True,
+                         text=True, check=True).stdout
+    assert re.search(r"^-rwxr-xr-x .* \./usr/bin/sdshim-conmon$", deb, re.M), deb
+    assert re.search(r"^lrwxrwxrwx .* \./usr/libexec/sdshim/conmon -> "
+                     r"\.\./\.\./bin/sdshim-conmon$", deb, re.M), deb
+    assert not re.search(r"dist-packages|/lib/systemd", deb), deb
+    fields = subprocess.run(["dpkg-deb", "-f", str(packages.conmon_deb), "Depends",
+                             "Architecture"], capture_output=True, text=True,
+                            check=True).stdout
+    assert f"sdshim (= {__version__})" in fields and "Architecture: all" in fields, fields
+    main = subprocess.run(["dpkg-deb", "-c", str(packages.deb)], capture_output=True,
+                          text=True, check=True).stdout
+    assert not any(f" .{path}" in main for path in conmon), main
+    rpm = subprocess.run(["rpm", "-qlp", str(packages.conmon_rpm)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert set(rpm) == conmon | {"/usr/libexec/sdshim"}, rpm
+    requires = subprocess.run(["rpm", "-qp", "--requires", str(packages.conmon_rpm)],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    assert f"sdshim = {__version__}-1" in requires, requires
+    main_rpm = subprocess.run(["rpm", "-qlp", str(packages.rpm)], capture_output=True,
+                              text=True, check=True).stdout.split()
+    assert not conmon & set(main_rpm), main_rpm
 
 
 def test_rpm_has_the_debs_contents_and_requirements(packages: Packages) -> None:
@@ -254,6 +297,14 @@ def _python_site_dirs_to_hide(bed: Bed) -> list[str]:
             and bed.path(d).is_dir()]
 
 
+def _copy_in(bed: Bed, *files: Path) -> list[Path]:
+    """Copies of files in the box's scratch directory, for apt there."""
+    copies = [bed.scratch / f.name for f in files]
+    for f, copy in zip(files, copies, strict=True):
+        shutil.copy(f, copy)
+    return copies
+
+
 @pytest.fixture(scope="module")
 def installed(bed: Bed, packages: Packages) -> Iterator[Installed]:
     if bed.box is None:
@@ -274,18 +325,20 @@ def installed(bed: Bed, packages: Packages) -> Iterator[Installed]:
         # a non-executable policy-rc.d counts as none.
         assert bed.run(["mount", "--bind", "/dev/null", POLICY_RC]).returncode == 0
         hidden.append(POLICY_RC)
-    deb = bed.scratch / packages.deb.name
-    shutil.copy(packages.deb, deb)
+    debs = _copy_in(bed, packages.deb, packages.conmon_deb)
     inst = Installed(bed, [])
     try:
-        inst.ok("apt-get", "install", "-y", "--no-install-recommends", str(deb))
-        inst.files = [f for f in inst.ok("dpkg", "-L", "sdshim").split() if f != "/."]
+        inst.ok("apt-get", "install", "-y", "--no-install-recommends", *map(str, debs))
+        inst.files = [f for f in inst.ok("dpkg", "-L", "sdshim", "sdshim-conmon").split()
+                      if f != "/."]
         yield inst
     finally:
-        inst.run("apt-get", "purge", "-y", "sdshim")  # if a test failed before the purge test
+        # if a test failed before the purge test
+        inst.run("apt-get", "purge", "-y", "sdshim", "sdshim-conmon")
         for d in hidden:
             bed.run(["umount", d])
-        deb.unlink()
+        for deb in debs:
+            deb.unlink()
     # The box's install never reached the host.
     assert not Path("/usr/bin/sdshim").exists()
     assert subprocess.run(["dpkg-query", "-W", "sdshim"], capture_output=True,
@@ -302,6 +355,12 @@ def test_installed_cli_runs_a_container_with_debians_python(
                          " m.version('dbus-fast'))").split()
     assert where[0].startswith(SYSTEM_SITE) and where[1].startswith(SYSTEM_SITE), where
     assert installed.ok("head", "-1", "/usr/bin/sdshim").strip() == "#!/usr/bin/python3"
+    # podman's conmon_path, owned by sdshim-conmon (what `podman info` reports as the
+    # conmon package), runs with Debian's python3 too.
+    assert installed.ok("dpkg-query", "-S", "/usr/libexec/sdshim/conmon").startswith(
+        "sdshim-conmon: ")
+    assert installed.ok("/usr/libexec/sdshim/conmon", "--version").startswith(
+        "conmon version 2.1.6")
     assert installed.ok("stat", "-c", "%a", "/run/sdshim").strip() == "700"  # tmpfiles.d
 
     name = f"{PREFIX}{secrets.token_hex(4)}"
@@ -525,12 +584,12 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         old_pids |= set().union(*map(_box_pids, old_clis))
 
         # --- the upgrade ----------------------------------------------------------------
-        deb = inst.bed.scratch / next_package.deb.name
-        shutil.copy(next_package.deb, deb)
+        debs = _copy_in(inst.bed, next_package.packages.deb, next_package.packages.conmon_deb)
         try:
-            inst.ok("apt-get", "install", "-y", "--no-install-recommends", str(deb))
+            inst.ok("apt-get", "install", "-y", "--no-install-recommends", *map(str, debs))
         finally:
-            deb.unlink()
+            for deb in debs:
+                deb.unlink()
         assert inst.ok("dpkg-query", "-W", "-f", "${Version}", "sdshim") == \
             next_package.version
         assert inst.bed.path(f"{SYSTEM_SITE}sdshim/_upgrade_probe.py").exists()
@@ -660,7 +719,7 @@ def test_purge_stops_containers_and_leaves_nothing(installed: Installed,
     assert run.returncode == 0, run.stderr
     pid = json.loads(installed.ok("/usr/bin/sdshim", "status", "--json", name))["pid"]
     assert installed.bed.path(f"/proc/{pid}").exists()
-    installed.ok("apt-get", "purge", "-y", "sdshim")
+    installed.ok("apt-get", "purge", "-y", "sdshim", "sdshim-conmon")
     # prerm stopped the slice, and with it the container, whose monitor is gone.
     assert installed.show(f"sdshim-{name}.service", "ActiveState")["ActiveState"] == "inactive"
     assert not installed.bed.path(f"/proc/{pid}").exists()
@@ -670,7 +729,7 @@ def test_purge_stops_containers_and_leaves_nothing(installed: Installed,
     # Only directories other packages own too (/usr/bin, /lib/systemd/system, ...) remain.
     assert all(installed.bed.path(f).is_dir() and f in shared for f in left), (left, shared)
     for gone in ("/usr/lib/python3/dist-packages/sdshim", "/var/lib/sdshim", "/run/sdshim",
-                 "/usr/share/doc/sdshim"):
+                 "/usr/share/doc/sdshim", "/usr/libexec/sdshim", "/run/sdshim-conmon"):
         assert not installed.bed.path(gone).exists(), gone
     assert installed.run("systemctl", "cat", "sdshim@.service").returncode != 0
 
