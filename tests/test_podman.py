@@ -273,9 +273,16 @@ def test_tty_interactive_on_a_terminal(podman: Podman) -> None:
     outs = {}
     for m, path in podman.monitors.items():
         cmd = f"podman --conmon {path} run -it --rm --network none {IMG} sh -c 'tty; echo hi'"
-        out = podman.bed.run(["script", "-qec", cmd, "/dev/null"], env=podman.env)
-        # podman's terminal set-up echoes a NUL as ^@ or not, by timing, under both
-        out.stdout = out.stdout.replace(b"^@", b"")
+        # Stock conmon, the reference, sometimes prints nothing at all of this short-lived
+        # container when the cores are busy (seen in CI; sdshim printed it whole): retry
+        # the reference only, so that the comparison is against what conmon does when it
+        # does not lose the output. sdshim gets one try.
+        for _ in range(3 if m == "conmon" else 1):
+            out = podman.bed.run(["script", "-qec", cmd, "/dev/null"], env=podman.env)
+            # podman's terminal set-up echoes a NUL as ^@ or not, by timing, under both
+            out.stdout = out.stdout.replace(b"^@", b"")
+            if out.stdout:
+                break
         outs[m] = out
     same(outs)
     assert outs["sdshim"].stdout.endswith(b"/dev/pts/0\r\nhi\r\n"), outs["sdshim"].stdout
