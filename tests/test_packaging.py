@@ -118,14 +118,6 @@ class NextPackage:
     packages: Packages
     version: str
 
-    @property
-    def deb(self) -> Path:
-        return self.packages.deb
-
-    @property
-    def rpm(self) -> Path:
-        return self.packages.rpm
-
 
 def _bump_version(tree: Path, version: str) -> None:
     """Everything `make check-version` compares, set to version."""
@@ -183,12 +175,12 @@ def next_package(tmp_path_factory: pytest.TempPathFactory) -> NextPackage:
 def test_extra_console_scripts_are_also_in_libexec(next_package: NextPackage) -> None:
     """Each sdshim-NAME script is /usr/bin/sdshim-NAME and /usr/libexec/sdshim/NAME, in
     both packages (the second package has one: EXTRA_SCRIPT)."""
-    deb = subprocess.run(["dpkg-deb", "-c", str(next_package.deb)], capture_output=True,
+    deb = subprocess.run(["dpkg-deb", "-c", str(next_package.packages.deb)], capture_output=True,
                          text=True, check=True).stdout
     assert re.search(r"^-rwxr-xr-x .* \./usr/bin/sdshim-upgradetest$", deb, re.M), deb
     assert re.search(r"^lrwxrwxrwx .* \./usr/libexec/sdshim/upgradetest -> "
                      r"\.\./\.\./bin/sdshim-upgradetest$", deb, re.M), deb
-    rpm = subprocess.run(["rpm", "-qlvp", str(next_package.rpm)], capture_output=True,
+    rpm = subprocess.run(["rpm", "-qlvp", str(next_package.packages.rpm)], capture_output=True,
                          text=True, check=True).stdout
     assert re.search(r"^-rwxr-xr-x .* /usr/bin/sdshim-upgradetest$", rpm, re.M), rpm
     assert re.search(r"^lrwxrwxrwx .* /usr/libexec/sdshim/upgradetest -> "
