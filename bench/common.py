@@ -146,6 +146,12 @@ def installed_python(scratch: Path, repo: Path = REPO) -> Path:
         spawn.run([str(venv / "bin" / "python3"), "-m", "pip", "install", "--quiet",
                    "--no-index", "--no-deps", "--no-build-isolation", str(source)],
                   timeout=300)
+        # pip drops a script's #! options; the .deb and .rpm put them back (-IS).
+        for script in (source / "bin").iterdir() if (source / "bin").is_dir() else ():
+            installed = venv / "bin" / script.name
+            options = script.read_text().split("\n", 1)[0].partition("python3")[2]
+            lines = installed.read_text().split("\n", 1)
+            installed.write_text(f"{lines[0]}{options}\n{lines[1]}")
     return venv / "bin" / "python3"
 
 

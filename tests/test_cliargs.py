@@ -168,20 +168,40 @@ exec(compile(open(script).read(), script, "exec"))
 """
 
 
-@pytest.mark.parametrize("script, argv", [
-    ("sdshim", ["create", "--name", "lean", "/nonexistent"]),
-    ("sdshim-conmon", ["--version"]),
-])
-def test_the_scripts_import_no_re(script: str, argv: list[str]) -> None:
+def test_the_scripts_import_no_re() -> None:
     # bin/sdshim and bin/sdshim-conmon, not console scripts: those import re first.
     out = subprocess.run([sys.executable, "-I", "-S", "-c", SCRIPT_PROBE, str(REPO),
-                          str(REPO / "bin" / script), *argv], capture_output=True,
-                         text=True, timeout=60, check=False)
+                          str(REPO / "bin" / "sdshim"), "create", "--name", "lean",
+                          "/nonexistent"], capture_output=True, text=True, timeout=60,
+                         check=False)
     modules = out.stdout.rpartition("modules:")[2].split()
     assert modules, out
     assert "re" not in modules and "enum" not in modules, modules
-    if script == "sdshim":
-        assert "does not exist" in out.stderr, out
+    assert "does not exist" in out.stderr, out
+    # sdshim-conmon's launch path (the unit is imported when it is started).
+    out = subprocess.run([sys.executable, "-I", "-S", "-c",
+                          f"import sys; sys.path.append({str(REPO)!r}); before = "
+                          "set(sys.modules); import sdshim.conmon.launcher, "
+                          "sdshim.conmon.unit; print(*sorted(set(sys.modules) - before))"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    modules = out.stdout.split()
+    assert "sdshim.conmon.unit" in modules, out
+    assert "re" not in modules and "enum" not in modules, modules
+
+
+def test_conmon_version_needs_neither_site_nor_the_launcher(tmp_path: Path) -> None:
+    # podman runs `conmon --version` before each of its commands.
+    script = REPO / "bin" / "sdshim-conmon"
+    assert script.read_text().startswith("#!/usr/bin/python3 -IS\n")
+    link = tmp_path / "conmon"  # as /usr/libexec/sdshim/conmon: a link to the script
+    link.symlink_to(script)
+    out = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", str(link),
+                          "--version"], capture_output=True, text=True, timeout=60,
+                         check=True, cwd=tmp_path)
+    assert out.stdout == "conmon version 2.1.6\ncommit: sdshim\n"
+    imported = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines()}
+    assert "sdshim.conmon.options" in imported, out.stderr
+    assert not imported & {"site", "re", "sdshim.conmon.launcher"}, out.stderr
 
 
 def test_the_value_parsers_without_re_read_what_the_patterns_read() -> None:

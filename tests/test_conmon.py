@@ -128,6 +128,12 @@ def test_unit_names() -> None:
     assert unit.unit_name("a b", "0123456789abcdef") == "sdshim-podman-0123456789ab.service"
     assert unit.slice_of("machine.slice:libpod:abc") == "machine.slice"
     assert unit.slice_of("/some/path") == "machine.slice"
+    assert unit.unit_name("w" * 200, "f" * 64) == f"sdshim-podman-{'w' * 200}.service"
+    assert unit.unit_name("w" * 201, "f" * 64) == "sdshim-podman-ffffffffffff.service"
+    assert unit.unit_name("", "f" * 64) == "sdshim-podman-ffffffffffff.service"
+    assert unit.slice_of("machine-libpod_pod_ab.slice:libpod:x") == "machine-libpod_pod_ab.slice"
+    assert unit.slice_of(".slice:libpod:x") == "machine.slice"
+    assert unit.slice_of("a/b.slice:libpod:x") == "machine.slice"
 
 
 def test_handover_passes_fds_and_answers(tmp_path: Path) -> None:

@@ -198,6 +198,17 @@ def test_conmon_is_a_package_of_its_own(packages: Packages) -> None:
     assert re.search(r"^lrwxrwxrwx .* \./usr/libexec/sdshim/conmon -> "
                      r"\.\./\.\./bin/sdshim-conmon$", deb, re.M), deb
     assert not re.search(r"dist-packages|/lib/systemd", deb), deb
+    # The wheel installers drop a #! line's options; both packages put -IS back.
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(packages.conmon_deb)],
+                         capture_output=True, check=True).stdout
+    script = subprocess.run(["tar", "-xO", "./usr/bin/sdshim-conmon"], input=tar,
+                            capture_output=True, check=True).stdout
+    assert script.startswith(b"#!/usr/bin/python3 -IS\n"), script[:80]
+    tar = subprocess.run(["rpm2archive", "-n", "-"], stdin=packages.conmon_rpm.open("rb"),
+                         capture_output=True, check=True).stdout
+    script = subprocess.run(["tar", "-xO", "./usr/bin/sdshim-conmon"], input=tar,
+                            capture_output=True, check=True).stdout
+    assert script.startswith(b"#!/usr/bin/python3 -IS\n"), script[:80]
     fields = subprocess.run(["dpkg-deb", "-f", str(packages.conmon_deb), "Depends",
                              "Architecture"], capture_output=True, text=True,
                             check=True).stdout

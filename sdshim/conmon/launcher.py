@@ -34,10 +34,6 @@ class LaunchError(Exception):
     pass
 
 
-def version() -> str:
-    return f"conmon version {options.VERSION}\ncommit: sdshim\n"
-
-
 def _env_fd(name: str) -> int:
     value = leanos.getenv(name)
     return int(value) if value.isdigit() else -1
@@ -85,7 +81,29 @@ def launch(opts: options.Options, argv: list[str]) -> int:
     # 0-2 only for passthrough: elsewhere the monitor must not hold podman's stdio
     # (with -t podman reads our stderr until EOF), as conmon puts /dev/null there.
     fds = [fd for fd in handover.open_fds() if fd > 2 or opts.passthrough()]
-    read_start_byte()
+    # podman moves this process into libpod-conmon-ID.scope, then writes the start byte.
+    # A launcher outside a service before that is outside one after it too: its unit
+    # can start while podman moves it. Only in a service must the answer wait for the
+    # move (in_unit), as must a monitor started here, in place.
+    on_systemd = not opts.exec and leanos.isdir("/run/systemd/system")
+    early = on_systemd and not in_unit()
+    if not early:
+        read_start_byte()
+    own_unit = early or (on_systemd and not in_unit())
+    try:
+        return _start_monitor(opts, argv, fds, own_unit)
+    finally:
+        if early:
+            # Before this pid exits, whatever happened: podman moves it, then writes.
+            # Too late to fail for it: the monitor has the container by now.
+            try:
+                read_start_byte()
+            except LaunchError:
+                pass
+
+
+def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
+                   own_unit: bool) -> int:
     try:
         interp = interpreter.ensure()
     except interpreter.InterpreterError as e:
@@ -93,7 +111,6 @@ def launch(opts: options.Options, argv: list[str]) -> int:
     path = f"{handover.HANDOVER_DIR}/h-{posix.getpid()}.sock"
     sock = handover.listen(path)
     env = [f"{k}={v}" for k, v in leanos.environ().items()]
-    own_unit = not opts.exec and not in_unit() and leanos.isdir("/run/systemd/system")
     assert opts.cid and opts.bundle
     cid = opts.cid
     unit = ""
@@ -208,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"conmon: option parsing failed: {e}")  # conmon's goes to stdout too
         return EXIT_FAILURE
     if opts.version:
-        sys.stdout.write(version())
+        sys.stdout.write(options.version())
         return 0
     if opts.help:
         print("Usage:\n  conmon [OPTION…] - conmon utility (sdshim)\n\nSee sdshim-conmon(1).")

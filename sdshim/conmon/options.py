@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 VERSION = "2.1.6"  # the conmon whose contract this implements (podman needs >= 2.0.1)
 
+
+def version() -> str:
+    """What `conmon --version` prints; podman runs it before each of its commands."""
+    return f"conmon version {VERSION}\ncommit: sdshim\n"
+
 FLAG, STRING, ARRAY, INT = "flag", "string", "array", "int"
 # long name -> (short, kind, attribute)
 SPEC: dict[str, tuple[str, str]] = {

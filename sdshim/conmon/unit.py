@@ -9,11 +9,10 @@ how it ended. The container's processes live in the unit's own cgroup leaf
 
 from __future__ import annotations
 
-import re
-
 from sdshim.units.blockingbus import BlockingSystemd
-from sdshim.units.spec import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
 from sdshim.units.systemd1 import (
+    LOG_RATE_BURST_UNLIMITED,
+    LOG_RATE_INTERVAL_USEC,
     START_TRANSIENT,
     UNIT,
     UNIT_EXISTS,
@@ -32,8 +31,14 @@ PREFIX = "sdshim-podman-"
 SUFFIX = ".service"
 DEFAULT_SLICE = "machine.slice"
 MAX_GENERATIONS = 8  # podman's default cgroup parent
-_UNIT_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-_SLICE = re.compile(r"[A-Za-z0-9_.-]+\.slice")
+# Characters systemd takes in a unit name as they are. Not re: importing it would be
+# the largest part of the launcher's imports, on the path of every podman start.
+_UNIT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+MAX_NAME = 200
+
+
+def _unit_safe(text: str) -> bool:
+    return bool(text) and _UNIT_CHARS.issuperset(text)
 
 
 class UnitError(Exception):
@@ -41,14 +46,15 @@ class UnitError(Exception):
 
 
 def unit_name(name: str | None, cid: str) -> str:
-    base = name if name and _UNIT_SAFE.fullmatch(name) else cid[:12]
+    base = name if name and len(name) <= MAX_NAME and _unit_safe(name) else cid[:12]
     return f"{PREFIX}{base}{SUFFIX}"
 
 
 def slice_of(cgroups_path: str) -> str:
     """The slice of podman's systemd cgroupsPath (`machine.slice:libpod:ID`)."""
     first = cgroups_path.split(":", 1)[0] if ":" in cgroups_path else ""
-    return first if _SLICE.fullmatch(first) else DEFAULT_SLICE
+    stem = first[:-len(".slice")] if first.endswith(".slice") else ""
+    return first if _unit_safe(stem) else DEFAULT_SLICE
 
 
 def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],

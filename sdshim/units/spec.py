@@ -7,6 +7,7 @@ import sys
 from sdshim import leanos, naming, shim, signals
 from sdshim.errors import EXIT_NO_RESTART, UsageError
 from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
+from sdshim.units.systemd1 import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
 
 TYPE_CHECKING = False  # `typing` costs the CLI's start ~2 ms; it needs it only for mypy
 if TYPE_CHECKING:
@@ -21,11 +22,6 @@ if TYPE_CHECKING:
     Property = tuple[str, str, Any]
 
 USEC = 1_000_000
-# journald's per-unit rate limit. systemd 252 does not pass LogRateLimitIntervalSec=0
-# on to journald (systemd#22034), so "off" is a burst nobody reaches. journald scales
-# the burst by up to (log2(free bytes) - 16) / 4 in 32 bits, so stay well below 2**32/12.
-LOG_RATE_BURST_UNLIMITED = 100_000_000
-LOG_RATE_INTERVAL_USEC = 1 * USEC
 LOG_DRIVERS = ("native", "stream")
 # Above this the monitor's per-stream buffer, not journald (768 MiB per field), is the
 # concern: a line is held whole until its newline or this many bytes.

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from sdshim.leanos import StrPath
     from sdshim.units.spec import Property
 
+# journald's per-unit rate limit. systemd 252 does not pass LogRateLimitIntervalSec=0
+# on to journald (systemd#22034), so "off" is a burst nobody reaches. journald scales
+# the burst by up to (log2(free bytes) - 16) / 4 in 32 bits, so stay well below 2**32/12.
+LOG_RATE_BURST_UNLIMITED = 100_000_000
+LOG_RATE_INTERVAL_USEC = 1_000_000  # 1 s
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
