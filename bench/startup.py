@@ -127,9 +127,8 @@ def measure(scratch: Path, runs: int, only: list[str] | None = None) -> dict[str
         "sdshim": sdshim_run(scratch, ready, cli, env),
         "sdshim-zero": sdshim_run(scratch, zero_ready, cli, env, ZERO),
         "podman": podman_run(scratch),
-        # sdshim-conmon as installed (console script of the same regular install)
-        "podman-sdshim": podman_run(scratch, str(common.installed_python(scratch)
-                                                 .with_name("sdshim-conmon"))),
+        # sdshim-conmon as the packages install it, from the same regular install
+        "podman-sdshim": podman_run(scratch, str(common.installed_conmon(scratch))),
         "conmon": conmon_run(scratch, sync),
         "runc": runc_floor(scratch),
         "systemd-run": systemd_run_floor(scratch),

@@ -167,3 +167,33 @@ def test_handover_passes_fds_and_answers(tmp_path: Path) -> None:
         os.close(fd)
     conn.close()
     sock.close()
+
+
+def test_the_libexec_front_answers_version_and_execs_the_script(tmp_path: Path) -> None:
+    """/usr/libexec/sdshim/conmon (packaging/libexec/conmon) answers podman's --version
+    without Python, as the launcher would, and hands anything else, fds included, to
+    ../../bin/sdshim-conmon in the same process."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    front = tmp_path / "libexec" / "sdshim" / "conmon"
+    front.parent.mkdir(parents=True)
+    shutil.copy2(repo / "packaging" / "libexec" / "conmon", front)
+    out = subprocess.run([str(front), "--version"], capture_output=True, text=True,
+                         timeout=30, check=True)
+    assert out.stdout == options.version()
+    (tmp_path / "bin").mkdir()
+    stand_in = tmp_path / "bin" / "sdshim-conmon"
+    stand_in.write_text('#!/bin/sh\necho "$$ $*"; [ -e /proc/self/fd/"$FD" ] && echo held\n')
+    stand_in.chmod(0o755)
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen([str(front), "--version", "--cid", "x y"], pass_fds=(r,),
+                                env={"FD": str(r), "PATH": "/usr/bin:/bin"},
+                                stdout=subprocess.PIPE, text=True)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert stdout == f"{proc.pid} --version --cid x y\nheld\n"
