@@ -555,3 +555,42 @@ def test_ctl_reopen_rotates_the_log_file(podman: Podman) -> None:
         podman(m, "rm", "-f", "-t", "0", name)
     assert results["sdshim"] == results["conmon"], results
     assert results["sdshim"] == b"new-file-has-lines\nold-file-stopped\nk8s-format\n"
+
+
+def test_stopping_the_unit_ends_the_exit_command(podman: Podman, bed: Bed) -> None:
+    """systemd stops a unit with SIGTERM to its main process alone (KillMode=mixed); an
+    exit command still running then (podman's cleanup, waiting for a lock that the
+    podman removing the pod holds) must get it too, as in conmon's scope, or the stop
+    waits for TimeoutStopSec (podman kube down took 90 s)."""
+    name = f"pt-exitcmd-{secrets.token_hex(3)}"
+    cid = secrets.token_hex(32)
+    bundle = common.make_bundle(bed.scratch, name, ["true"])
+    work = bed.scratch / name
+    (work / "exit").mkdir(parents=True)
+    script = (
+        'exec 9>"$WORK/sync"; _OCI_SYNCPIPE=9 "$LAUNCHER" --api-version 1 -c "$CID" '
+        '-u "$CID" -n "$NAME" -r /usr/sbin/runc -b "$BUNDLE" -p "$BUNDLE/pid" '
+        '-P "$WORK/conmon.pid" -l none --exit-dir "$WORK/exit" --exit-command /bin/sh '
+        '--exit-command-arg -c --exit-command-arg "sleep 3000 & wait" || exit; '
+        # the monitor reports the container's pid once `runc create` is done
+        'until grep -q data "$WORK/sync"; do sleep 0.05; done; runc start "$CID"')
+    env = {**podman.env, "WORK": str(work), "LAUNCHER": podman.monitors["sdshim"],
+           "CID": cid, "NAME": name, "BUNDLE": str(bundle)}
+    out = bed.run(["sh", "-c", script], env=env)
+    assert out.returncode == 0, out.stderr
+    unit = f"sdshim-podman-{name}.service"
+    deadline = time.monotonic() + 30
+    while not (work / "exit" / cid).exists():
+        assert time.monotonic() < deadline, "no exit file"
+        time.sleep(0.1)
+    assert (work / "exit" / cid).read_text() == "0"
+    waiting = bed.run(["pgrep", "-f", "sleep 3000"])
+    assert waiting.returncode == 0, "the exit command is not running"
+    assert bed.show(unit, "ActiveState")["ActiveState"] == "active"
+    t0 = time.monotonic()
+    out = bed.run(["systemctl", "stop", unit], timeout=120)
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    assert took < 20, f"stopping {unit} took {took:.1f} s: the exit command got no signal"
+    assert bed.run(["pgrep", "-f", "sleep 3000"]).returncode == 1, "exit command left"
+    bed.run(["runc", "delete", "--force", cid])

@@ -137,6 +137,13 @@ class Monitor:
         self.timed_out = False
         self.deadline = 0.0
         self.pending_signals: list[int] = []
+        # After the container: the exit command (its own process group) and the signals
+        # it is to get. systemd stops the unit with SIGTERM to us alone (KillMode=mixed),
+        # and podman's cleanup may wait on a lock the podman stopping the unit holds.
+        self.ending = False
+        self.helper = 0
+        self.helper_done = False
+        self.late_signals: list[int] = []
         self.early: dict[int, int] = {}  # exits reaped before the container's pid was read
         self.cgroup_path = ""
         self.read_total = 0
@@ -175,14 +182,24 @@ class Monitor:
         self._reap()
 
     def _forward(self, signum: int) -> None:
+        if self.ending or (self.pid and self.exited):
+            # No container (any more): the signal is for the exit command, as it would
+            # be in conmon's scope, where systemd signals every process.
+            if self.helper and not self.helper_done:
+                try:
+                    posix.killpg(self.helper, signum)
+                except OSError:
+                    pass
+            else:
+                self.late_signals.append(signum)
+            return
         if not self.pid:
             self.pending_signals.append(signum)
             return
-        if not self.exited:
-            try:
-                posix.kill(self.pid, signum)
-            except OSError:
-                pass
+        try:
+            posix.kill(self.pid, signum)
+        except OSError:
+            pass
 
     def _reap(self) -> None:
         while True:
@@ -195,6 +212,8 @@ class Monitor:
             if pid == self.pid and not self.exited:
                 self.exited = True
                 self.status = status
+            elif pid == self.helper:
+                self.helper_done = True
             elif not self.pid:
                 self.early[pid] = status  # perhaps the container, before its pid is known
 
@@ -566,22 +585,20 @@ class Monitor:
         if not self.opts.exit_command:
             return
         argv = [self.opts.exit_command, *self.opts.exit_command_arg]
-        delay = self.opts.exit_delay
+        self.ending = True
+        if self.opts.exit_delay > 0:  # a signal ends the delay: the unit is stopping
+            self.loop_until(lambda: bool(self.late_signals), self.opts.exit_delay)
         try:
-            if delay > 0:
-                time.sleep(delay)
-            pid = spawn.launch(argv, env=self.env, stdin=spawn.DEVNULL, stdout=spawn.DEVNULL,
-                               stderr=spawn.DEVNULL)
+            self.helper = spawn.launch(argv, env=self.env, stdin=spawn.DEVNULL,
+                                       stdout=spawn.DEVNULL, stderr=spawn.DEVNULL,
+                                       group=True)
         except (spawn.CommandError, OSError) as e:
             print(f"sdshim-conmon: exit command {argv[0]}: {e}", file=sys.stderr)
             return
-        while True:
-            try:
-                done, _ = posix.waitpid(pid, 0)
-            except ChildProcessError:
-                return
-            if done == pid:
-                return
+        for signum in self.late_signals:
+            self._forward(signum)
+        self.late_signals.clear()
+        self.loop_until(lambda: self.helper_done)
 
     def fail(self, message: str) -> int:
         """The runtime failed: podman hears it on the sync pipe, in the runtime's words."""
