@@ -11,9 +11,10 @@ from __future__ import annotations
 # _socket, not socket: the wrapper module's enums and selectors cost every `sdshim
 # create` ~1 ms, and this needs only connect, sendall, recv and timeouts.
 import _socket
-import os
+import posix
 import time
 
+from sdshim import leanos
 from sdshim.errors import SystemdError
 from sdshim.units.systemd1 import (
     BUS,
@@ -50,7 +51,7 @@ __all__ = ["BusCallError", "BusLostError", "BusTimeoutError", "Connection", "unr
 def system_bus_socket(address: str | None = None) -> str:
     """The socket path (abstract: with a leading NUL) of the first unix address in
     DBUS_SYSTEM_BUS_ADDRESS, as libdbus reads it."""
-    address = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
+    address = address or leanos.getenv("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
     for entry in address.split(";"):
         transport, _, params = entry.partition(":")
         if transport != "unix":
@@ -118,7 +119,7 @@ class Connection:
     def _authenticate(self, timeout: float) -> None:
         # Sent in one go, as sd-bus does: the server handles the lines in order, so
         # BEGIN and Hello may follow AUTH before its OK comes back.
-        uid = str(os.geteuid()).encode().hex().encode()
+        uid = str(posix.geteuid()).encode().hex().encode()
         hello = self._message(HELLO)
         self._sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + hello.to_bytes(), HELLO)
         deadline = time.monotonic() + timeout
@@ -127,7 +128,7 @@ class Connection:
         line, _, rest = bytes(self.buffer).partition(b"\r\n")
         if not line.startswith(b"OK "):
             raise unreachable(OSError(f"the bus refused authentication as uid "
-                                      f"{os.geteuid()}: {line.decode(errors='replace')}"))
+                                      f"{posix.geteuid()}: {line.decode(errors='replace')}"))
         self.buffer = bytearray(rest)
         self.reply(hello.serial, HELLO, timeout)
 
