@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posix
 
 from sdshim.errors import InvalidNameError
 
@@ -13,7 +13,8 @@ SLICE = "sdshim.slice"
 # below systemd's 255. Sets, not a regular expression: `re` (with enum) would cost every
 # `sdshim create` and `run -d` its biggest import.
 _NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_NAME_REST = _NAME_FIRST | frozenset("_.-")
+# The rest: also the characters systemd keeps unescaped in a unit name.
+NAME_CHARS = _NAME_FIRST | frozenset("_.-")
 NAME_MAX = 63
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet", "swift", "wise")
 _NOUNS = ("ant", "bee", "cod", "elk", "fox", "gnu", "owl", "ram", "yak", "wren")
@@ -27,7 +28,7 @@ def template_unit_name(name: str) -> str:
 def is_name(text: str) -> bool:
     """Whether text is a name by docker's rule (see validate_name for the rest)."""
     return (0 < len(text) <= NAME_MAX and text[0] in _NAME_FIRST
-            and _NAME_REST.issuperset(text))
+            and NAME_CHARS.issuperset(text))
 
 
 def validate_name(name: str) -> str:
@@ -40,19 +41,19 @@ def validate_name(name: str) -> str:
     return name
 
 
-# os.urandom rather than `secrets`, which would cost every `sdshim create` ~3 ms of
+# posix.urandom rather than `secrets`, which would cost every `sdshim create` ~3 ms of
 # imports (hmac, hashlib, random) for the same bytes.
 
 
 def generate_name() -> str:
-    adjective, noun = os.urandom(2)
+    adjective, noun = posix.urandom(2)
     return (f"{_ADJECTIVES[adjective % len(_ADJECTIVES)]}_{_NOUNS[noun % len(_NOUNS)]}_"
-            f"{os.urandom(3).hex()}")
+            f"{posix.urandom(3).hex()}")
 
 
 def generate_id() -> str:
     """A 64-hex container id, as docker and podman use."""
-    return os.urandom(32).hex()
+    return posix.urandom(32).hex()
 
 
 def unit_name(name: str) -> str:

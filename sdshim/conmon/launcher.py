@@ -95,7 +95,7 @@ def launch(opts: options.Options, argv: list[str]) -> int:
     finally:
         if early:
             # Before this pid exits, whatever happened: podman moves it, then writes.
-            # Too late to fail for it: the monitor has the container by now.
+            # A failure to read changes nothing now: the monitor has started, or failed.
             try:
                 read_start_byte()
             except LaunchError:

@@ -9,6 +9,7 @@ how it ended. The container's processes live in the unit's own cgroup leaf
 
 from __future__ import annotations
 
+from sdshim.naming import NAME_CHARS
 from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.systemd1 import (
     LOG_RATE_BURST_UNLIMITED,
@@ -31,14 +32,13 @@ PREFIX = "sdshim-podman-"
 SUFFIX = ".service"
 DEFAULT_SLICE = "machine.slice"
 MAX_GENERATIONS = 8  # podman's default cgroup parent
-# Characters systemd takes in a unit name as they are. Not re: importing it would be
-# the largest part of the launcher's imports, on the path of every podman start.
-_UNIT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 MAX_NAME = 200
 
 
 def _unit_safe(text: str) -> bool:
-    return bool(text) and _UNIT_CHARS.issuperset(text)
+    # Not re: importing it would be the largest part of the launcher's imports, on the
+    # path of every podman start.
+    return bool(text) and NAME_CHARS.issuperset(text)
 
 
 class UnitError(Exception):
