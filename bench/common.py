@@ -152,19 +152,21 @@ def installed_python(scratch: Path, repo: Path = REPO) -> Path:
             options = script.read_text().split("\n", 1)[0].partition("python3")[2]
             lines = installed.read_text().split("\n", 1)
             installed.write_text(f"{lines[0]}{options}\n{lines[1]}")
-    front = repo / "packaging" / "libexec" / "conmon"
-    if front.exists() and not (venv / "libexec" / "sdshim" / "conmon").exists():
-        (venv / "libexec" / "sdshim").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(front, venv / "libexec" / "sdshim" / "conmon")
     return venv / "bin" / "python3"
 
 
 def installed_conmon(scratch: Path, repo: Path = REPO) -> Path:
     """podman's conmon_path as the packages install it: /usr/libexec/sdshim/conmon (the
-    sh front, which answers --version), else the script."""
+    sh front, which answers --version) in installed_python's venv, else the script."""
     python = installed_python(scratch, repo)
+    source = repo / "packaging" / "libexec" / "conmon"
+    if not source.exists():  # a checkout from before the front
+        return python.with_name("sdshim-conmon")
     front = python.parent.parent / "libexec" / "sdshim" / "conmon"
-    return front if front.exists() else python.with_name("sdshim-conmon")
+    if not front.exists():
+        front.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, front)
+    return front
 
 
 def podman_env(scratch: Path) -> dict[str, str]:
