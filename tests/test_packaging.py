@@ -20,10 +20,12 @@ from typing import Any
 
 import pytest
 
+from bench import common
 from sdshim import __version__
 from sdshim import bundle as bundles
 from sdshim.units.cli import build_parser
 from tests.conftest import PREFIX, REPO, Bed, missing
+from tests.test_podman import import_image
 
 # What the installed package runs with: Debian's tools and python3, no pyenv or venv.
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
@@ -539,6 +541,18 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
     names = {mode: f"{PREFIX}up{tag}-{mode}" for mode in
              ("pipes", "stdin", "tty", "always", "stream", "attached", "new")}
     template = f"{PREFIX}up{tag}-boot"
+    # podman's container on the installed sdshim-conmon: a name without tag, so that its
+    # unit is not among the sdshim monitors counted below.
+    pod_name = f"{PREFIX}uppm{secrets.token_hex(3)}"
+    pod_unit = f"sdshim-podman-{pod_name}.service"
+    if not Path("/usr/bin/podman").exists():
+        missing("podman (apt-get install podman)")
+    pod_env = {**SYSTEM_ENV, **{k: v for k, v in common.podman_env(inst.bed.scratch).items()
+                                if k.startswith("CONTAINERS_")}}
+
+    def pod(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return inst.bed.run(["podman", "--conmon", "/usr/libexec/sdshim/conmon", *args],
+                            env=pod_env, timeout=120)
     unit = f"sdshim@{template}.service"
     ticks = ('trap "echo bye; exit 0" TERM; i=0; '
              'while :; do echo {0}-$i; i=$((i+1)); sleep 0.1; done')
@@ -566,6 +580,15 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
                           '"SDSHIM_OPTIONS=--tag boot --from-a-newer-sdshim=1"\n')
         inst.ok("systemctl", "daemon-reload")
         inst.ok("systemctl", "start", unit)
+        # A podman container on a terminal (-t: the console), its monitor a unit's.
+        import_image(inst.bed, pod_env)
+        started = pod("run", "-d", "-t", "--name", pod_name, "--network", "none", common.IMAGE,
+                  "sh", "-c", ticks.format("podman"))
+        assert started.returncode == 0, started.stderr
+        pod_before = inst.show(pod_unit, "MainPID", "InvocationID", "ActiveState")
+        assert pod_before["ActiveState"] == "active", pod_before
+        conmon_pid = pod("inspect", "-f", "{{.State.ConmonPid}}", pod_name)
+        assert conmon_pid.stdout.decode().strip() == pod_before["MainPID"], conmon_pid
         # An attach session open on the terminal, an exec running (its CLI waits on stdin).
         term = Terminal(inst.bed, ["attach", names["tty"]], cli=["/usr/bin/sdshim"],
                         env=SYSTEM_ENV)
@@ -592,7 +615,7 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         assert sum(":exec-" in u for u in before) == 1, before.keys()
         _wait(lambda: all(_box_pids(p) for p in old_clis), "the old CLIs to start")
         slice_before = inst.show("sdshim.slice", "ActiveEnterTimestampMonotonic")
-        old_pids = {int(p["MainPID"]) for p in before.values()}
+        old_pids = {int(p["MainPID"]) for p in (*before.values(), pod_before)}
         assert 0 not in old_pids, before
         old_pids |= set().union(*map(_box_pids, old_clis))
 
@@ -622,6 +645,7 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
             assert (inst.bed.path(script[1]).is_file() if script else
                     " -I -m sdshim.shim " in _argv(props)), props["ExecStart"]
         assert inst.show("sdshim.slice", "ActiveEnterTimestampMonotonic") == slice_before
+        assert inst.show(pod_unit, "MainPID", "InvocationID", "ActiveState") == pod_before
 
         # --- the new CLI drives the old containers --------------------------------------
         for name in (*(names[m] for m in ("pipes", "stdin", "tty", "always", "stream")),
@@ -661,6 +685,15 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
                 out, err = cli.communicate(timeout=60)
                 assert cli.returncode == 0 and out.decode().split() == expected, (mode, err)
         assert _status(inst, names["tty"])["exit_code"] == 3
+        # The podman container's old monitor ends it all with its own code: the exit
+        # file, podman's cleanup, every line, on the terminal, in podman's logs.
+        assert pod("stop", "-t", "10", pod_name).returncode == 0
+        state = pod("inspect", "-f", "{{.State.ExitCode}} {{.State.Status}}", pod_name)
+        assert state.stdout.decode().split() == ["0", "exited"], state
+        lines = pod("logs", pod_name).stdout.decode().split()
+        assert lines[-1] == "bye" and lines[:-1] == [f"podman-{i}"
+                                                     for i in range(len(lines) - 1)], lines
+        assert len(lines) > 20, lines
         # Restart= of old units: the new monitor, from the old command line.
         for name, u in ((names["always"], f"sdshim-{names['always']}.service"),
                         (template, unit)):
@@ -702,6 +735,7 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         inst.run("systemctl", "stop", unit)
         for name in (*names.values(), template):
             inst.sdshim("delete", "--force", name)
+        pod("rm", "-f", "-t", "0", pod_name)
         shutil.rmtree(dropin.parent, ignore_errors=True)
         shutil.rmtree(bundle, ignore_errors=True)
         inst.bed.path(PROBE_LOG).unlink(missing_ok=True)

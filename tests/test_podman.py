@@ -41,6 +41,16 @@ class Podman:
         return {m: self(m, *args, input=input) for m in self.monitors}
 
 
+def import_image(bed: Bed, env: dict[str, str]) -> None:
+    """The busybox image (common.IMAGE) in the box's podman storage."""
+    tarball = bed.scratch / "rootfs.tar"
+    if not tarball.exists():
+        subprocess.run(["tar", "-C", str(common.rootfs(bed.scratch)), "-cf", str(tarball),
+                        "."], check=True)
+    out = bed.run(["podman", "import", "--quiet", str(tarball), common.IMAGE], env=env)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.fixture(scope="module")
 def podman(bed: Bed) -> Iterator[Podman]:
     if not Path("/usr/bin/podman").exists() or not Path(STOCK).exists():
@@ -56,12 +66,7 @@ def podman(bed: Bed) -> Iterator[Podman]:
                        f"sys.path.insert(0, \"{REPO}\"); from sdshim.conmon.launcher "
                        "import main; sys.exit(main())' \"$@\"\n")
     wrapper.chmod(0o755)
-    tarball = bed.scratch / "rootfs.tar"
-    if not tarball.exists():
-        subprocess.run(["tar", "-C", str(common.rootfs(bed.scratch)), "-cf", str(tarball),
-                        "."], check=True)
-    out = bed.run(["podman", "import", "--quiet", str(tarball), common.IMAGE], env=env)
-    assert out.returncode == 0, out.stderr
+    import_image(bed, env)
     yield Podman(bed, env, str(wrapper))
     bed.run(["podman", "rm", "-a", "-f", "-t", "0"], env=env)
 

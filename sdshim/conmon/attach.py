@@ -14,6 +14,7 @@ import _socket
 import errno
 import posix
 
+from sdshim import privapi
 from sdshim.shim.poller import EVENT_READ, EVENT_WRITE
 
 TYPE_CHECKING = False
@@ -76,7 +77,7 @@ class AttachServer:
 
     def _on_accept(self, _f: object) -> None:
         try:
-            fd, _ = self.sock._accept()  # type: ignore[attr-defined]
+            fd = privapi.accept(self.sock)
         except OSError:
             return
         sock = _socket.socket(fileno=fd)

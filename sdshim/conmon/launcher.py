@@ -16,7 +16,7 @@ import posix
 import sys
 import time
 
-from sdshim import leanjson, leanos, spawn
+from sdshim import leanjson, leanos, privapi, spawn
 from sdshim.conmon import handover, interpreter, options
 from sdshim.errors import SdshimError
 
@@ -144,7 +144,7 @@ def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
         deadline = time.monotonic() + HANDOVER_TIMEOUT
         while True:
             try:
-                fd, _ = sock._accept()  # type: ignore[attr-defined]  # accept()'s core
+                fd = privapi.accept(sock)
                 conn = _socket.socket(fileno=fd)
             except TimeoutError:
                 raise LaunchError("[conmon:e]: the monitor did not start in time; see "

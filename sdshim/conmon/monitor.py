@@ -10,17 +10,18 @@ runs the exit command (podman container cleanup) before it exits itself.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import posix
 import sys
 import time
 
-from sdshim import leanjson, leanos, spawn
+from sdshim import leanjson, leanos, privapi, spawn
 from sdshim.conmon import exitfile, handover, options, syncpipe
 from sdshim.conmon.attach import STDERR, STDOUT, AttachServer, bind_long
 from sdshim.conmon.ctl import ControlFifo
-from sdshim.shim.journal import LineSplitter
+from sdshim.shim.journal import LineSplitter, synchronize
 from sdshim.shim.poller import EVENT_READ, EVENT_WRITE, Poller
 
 TYPE_CHECKING = False
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 else:
     import _signal
 
-PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP,
              _signal.SIGUSR1, _signal.SIGUSR2)
 MAX_LINE = 256 * 1024
@@ -162,7 +162,7 @@ class Monitor:
             posix.setsid()
         except OSError:
             pass  # a service's main process leads its session already
-        _subreaper()
+        privapi.set_child_subreaper()  # an OSError: podman hears why
         self.wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (_signal.SIGCHLD, *FORWARDED):
@@ -313,8 +313,6 @@ class Monitor:
     def console_socket(self) -> list[str]:
         if not self.opts.terminal:
             return []
-        import _socket
-
         path = f"{handover.HANDOVER_DIR}/c-{posix.getpid()}.sock"
         try:
             posix.unlink(path)
@@ -329,15 +327,19 @@ class Monitor:
 
     def take_terminal(self) -> str:
         """The pty master the runtime sent; an error message or ''."""
-        import socket
+        from sdshim.shim import console  # -t only; set-up, before freeze_imports
 
         self._console.settimeout(5.0)
         try:
-            fd, _ = self._console._accept()  # type: ignore[attr-defined]
-            with socket.socket(fileno=fd) as conn:
+            fd = privapi.accept(self._console)
+            conn = _socket.socket(fileno=fd)
+            try:
                 conn.settimeout(5.0)
-                _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4,
-                                                           socket.MSG_CMSG_CLOEXEC)
+                _msg, ancdata, _flags, _addr = conn.recvmsg(
+                    4096, _socket.CMSG_SPACE(4 * console.FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
+            finally:
+                conn.close()
+            fds = console.received_fds(ancdata)
         except OSError as e:
             return f"the runtime did not pass the terminal: {e}"
         finally:
@@ -348,10 +350,8 @@ class Monitor:
         for extra in fds[1:]:
             posix.close(extra)
         self.master = fds[0]
-        from sdshim.shim.console import set_size
-
         try:
-            set_size(self.master, 24, 80)
+            console.set_size(self.master, 24, 80)
         except OSError:
             pass
         self.stdin = Input(self.poller, posix.dup(self.master), closable=False)
@@ -368,7 +368,7 @@ class Monitor:
 
     def resize(self, rows: int, cols: int) -> None:
         if self.master >= 0:
-            from sdshim.shim.console import set_size
+            from sdshim.shim.console import set_size  # loaded by take_terminal
 
             try:
                 set_size(self.master, rows, cols)
@@ -410,8 +410,6 @@ class Monitor:
         host = self.opts.sdnotify_socket
         if not host:
             return
-        import _socket
-
         directory = leanos.join(self.bundle, "notify")
         leanos.makedirs(directory, 0o755)
         path = leanos.join(directory, "notify.sock")
@@ -546,8 +544,6 @@ class Monitor:
         self.drain()
         if any(driver == "journald" for driver, _ in self.opts.logs()):
             # Every line is in the journal before the exit file says the container ended.
-            from sdshim.shim.journal import synchronize
-
             synced: list[bool] = []
             synchronize(self.poller, synced.append)
             self.loop_until(lambda: bool(synced), 6.0)
@@ -562,7 +558,7 @@ class Monitor:
             except OSError:
                 pass
         code = self.exit_code()
-        from sdshim.shim import oom
+        from sdshim.shim import oom  # loaded in run(), before freeze_imports
 
         persist = self.opts.persist_dir
         if self.cgroup_path and oom.kills(self.cgroup_path):
@@ -635,6 +631,13 @@ class Monitor:
         if error:
             return self.fail(error)
         syncpipe.write(self.sync_fd, self.pid)
+        # A running monitor never executes code of another version (an upgrade replaces
+        # the files under it): what the rest needs is loaded now, after podman has its
+        # PID, and any other import is refused from here on.
+        from sdshim.shim import oom  # noqa: F401  (finish's)
+        from sdshim.shim.pinned import freeze_imports
+
+        freeze_imports()
         if not self.opts.exec:
             # The exec's sync pipe carries its exit status too; the container's is done.
             try:
@@ -677,13 +680,6 @@ def _memory_cgroup(pid: int) -> str:
         if ctls == "":
             unified = path
     return unified
-
-
-def _subreaper() -> None:
-    import _ctypes
-
-    prctl = _ctypes.dlsym(_ctypes.dlopen(None), "prctl")  # type: ignore[arg-type]
-    _ctypes.call_function(prctl, (PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
 
 
 def _noop(_signum: int, _frame: object) -> None:
@@ -733,9 +729,9 @@ def main(argv: list[str]) -> int:
     monitor = Monitor(opts, payload, fds)
     try:
         return monitor.run()
-    except Exception as e:
-        import traceback
-
-        traceback.print_exc()
+    except Exception as e:  # a bug, or set-up failed (podman hears which on the sync pipe)
+        print(f"sdshim-conmon monitor: {e!r}", file=sys.stderr)
+        if leanos.getenv("SDSHIM_DEBUG") == "1":  # the interpreter's own printer: no import
+            sys.__excepthook__(type(e), e, e.__traceback__)
         syncpipe.write(monitor.sync_fd, -1, f"sdshim-conmon monitor failed: {e!r}")
         return EXIT_FAILURE

@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 FD_SIZE = 4  # an int in SCM_RIGHTS data
 
 
+def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds in recvmsg's ancillary data (SCM_RIGHTS)."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % FD_SIZE
+            fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder, signed=True)
+                    for i in range(0, usable, FD_SIZE)]
+    return fds
+
+
 def set_size(fd: int, rows: int, cols: int) -> None:
     """TIOCSWINSZ on the master: the kernel sends SIGWINCH to the foreground group."""
     size = b"".join(v.to_bytes(2, sys.byteorder) for v in (rows, cols, 0, 0))  # struct winsize
@@ -72,12 +83,7 @@ class ConsoleSocket(Listener):
             return
         except OSError:
             ancdata = []
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % FD_SIZE
-                fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder, signed=True)
-                        for i in range(0, usable, FD_SIZE)]
+        fds = received_fds(ancdata)
         self._drop()
         for extra in fds[1:]:
             posix.close(extra)

@@ -27,7 +27,7 @@ import _socket
 import posix
 import sys
 
-from sdshim import leanjson, leanos, rundir, spawn
+from sdshim import leanjson, leanos, privapi, rundir, spawn
 from sdshim.errors import EXIT_NO_RESTART, EXIT_RUNTIME, EXIT_USAGE
 from sdshim.shim import cgroup, journal, runtime
 from sdshim.shim.listener import unix_socket
@@ -248,7 +248,7 @@ class Handoff:
                 events = dict(poller.poll())
                 if self.pidfd in events:
                     return 0  # killed while created: systemd has its status
-                fd, _ = sock._accept()  # type: ignore[attr-defined]  # socket.accept()'s core
+                fd = privapi.accept(sock)
                 if self.answer(_socket.socket(fileno=fd)):
                     return 0
         finally:

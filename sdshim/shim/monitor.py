@@ -47,7 +47,7 @@ from sdshim.shim.lifecycle import (
 from sdshim.shim.listener import Listener
 from sdshim.shim.notify import Notifier, say
 from sdshim.shim.output import Output
-from sdshim.shim.pinned import PinnedModules
+from sdshim.shim.pinned import PinnedModules, freeze_imports
 from sdshim.shim.poller import EVENT_READ, Poller
 from sdshim.shim.reaper import ChildReaper
 from sdshim.shim.stdio import Stdio
@@ -718,19 +718,6 @@ class Shell:
         freeze_imports(self.pinned)
         self.poller.run()
         return self.exit_code
-
-
-def freeze_imports(pinned: PinnedModules | None = None) -> None:
-    """From here on the monitor loads no module from disk: the finder of modules on
-    disk is removed, so an import that set-up missed fails loudly (ModuleNotFoundError,
-    a fault of the part that tried, said in the journal) instead of running code a
-    package upgrade may have replaced meanwhile. Built-in and frozen modules stay (they
-    are in the interpreter, not on disk), and the pinned ones load from the files held
-    since start-up."""
-    sys.meta_path[:] = [finder for finder in sys.meta_path
-                        if getattr(finder, "__name__", "") != "PathFinder"]
-    if pinned is not None:
-        sys.meta_path.append(pinned)
 
 
 def _noop(_signum: int, _frame: object) -> None:

@@ -2,7 +2,7 @@
 
 A running monitor never executes code of another version (a .deb upgrade replaces
 sdshim's files under running monitors), and it loads nothing from disk after set-up
-(sdshim.shim.monitor.freeze_imports). What only some monitors need, and only later (the
+(freeze_imports). What only some monitors need, and only later (the
 attach server on its first client, the control server on its first request), is
 pinned instead: at start-up the monitor opens each such module's compiled file (or
 its source, when no compiled file matches it) and keeps the descriptor; on first
@@ -144,3 +144,16 @@ class PinnedModules:
         for pin in self.pins.values():
             posix.close(pin.fd)
         self.pins.clear()
+
+
+def freeze_imports(pinned: PinnedModules | None = None) -> None:
+    """From here on the monitor loads no module from disk: the finder of modules on
+    disk is removed, so an import that set-up missed fails loudly (ModuleNotFoundError,
+    a fault of the part that tried, said in the journal) instead of running code a
+    package upgrade may have replaced meanwhile. Built-in and frozen modules stay (they
+    are in the interpreter, not on disk), and the pinned ones load from the files held
+    since start-up."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path
+                        if getattr(finder, "__name__", "") != "PathFinder"]
+    if pinned is not None:
+        sys.meta_path.append(pinned)
