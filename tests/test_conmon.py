@@ -5,6 +5,8 @@ from __future__ import annotations
 import _socket
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -197,3 +199,40 @@ def test_the_libexec_front_answers_version_and_execs_the_script(tmp_path: Path) 
         os.close(r)
         os.close(w)
     assert stdout == f"{proc.pid} --version --cid x y\nheld\n"
+
+
+TERMINAL_PROBE = r"""
+import posix, sys, _socket
+sys.path.insert(0, sys.argv[1])
+from sdshim import leanos
+from sdshim.conmon import handover, options
+from sdshim.conmon.monitor import Monitor
+
+handover.HANDOVER_DIR = sys.argv[2]  # /run/sdshim-conmon needs root
+opts = options.parse(["-c", "a" * 64, "-u", "a" * 64, "-r", "/bin/true", "-b", sys.argv[2],
+                      "-l", "none", "-t"])
+monitor = Monitor(opts, {"env": []}, {})
+_flag, path = monitor.console_socket()
+master, slave = posix.openpty()
+runtime = posix.fork()
+if runtime == 0:  # what runc does with --console-socket
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendmsg([b"/dev/ptmx"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                master.to_bytes(4, sys.byteorder))])
+    posix._exit(0)
+error = monitor.take_terminal()
+posix.waitpid(runtime, 0)
+same = posix.fstat(monitor.master).st_rdev == posix.fstat(master).st_rdev
+print(repr(error), same, leanos.exists(path), "socket" in sys.modules)
+"""
+
+
+def test_the_terminal_is_taken_without_the_socket_module(tmp_path: Path) -> None:
+    """runc's --console-socket hands the pty master over; the monitor takes it with
+    _socket: the standard socket module (with enum and selectors, ~1.1 MB) would stay
+    in every -t container's monitor."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", TERMINAL_PROBE, str(root),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["''", "True", "False", "False"], out
