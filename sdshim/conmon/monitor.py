@@ -335,11 +335,9 @@ class Monitor:
             conn = _socket.socket(fileno=fd)
             try:
                 conn.settimeout(5.0)
-                _msg, ancdata, _flags, _addr = conn.recvmsg(
-                    4096, _socket.CMSG_SPACE(4 * console.FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
+                fds = console.receive_fds(conn)
             finally:
                 conn.close()
-            fds = console.received_fds(ancdata)
         except OSError as e:
             return f"the runtime did not pass the terminal: {e}"
         finally:

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 FD_SIZE = 4  # an int in SCM_RIGHTS data
 
 
-def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The fds in recvmsg's ancillary data (SCM_RIGHTS)."""
+def receive_fds(conn: _socket.socket) -> list[int]:
+    """The fds the runtime sent on conn (SCM_RIGHTS: the master, or more by mistake);
+    recvmsg's OSError (BlockingIOError on a non-blocking conn with nothing yet)."""
+    _msg, ancdata, _flags, _addr = conn.recvmsg(
+        4096, _socket.CMSG_SPACE(4 * FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -77,13 +80,11 @@ class ConsoleSocket(Listener):
     def _readable(self, _fileobj: object) -> None:
         assert self.conn is not None
         try:
-            _msg, ancdata, _flags, _addr = self.conn.recvmsg(
-                4096, _socket.CMSG_SPACE(4 * FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
+            fds = receive_fds(self.conn)
         except BlockingIOError:
             return
         except OSError:
-            ancdata = []
-        fds = received_fds(ancdata)
+            fds = []
         self._drop()
         for extra in fds[1:]:
             posix.close(extra)
