@@ -182,6 +182,11 @@ def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
     assert f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}" in environ.split("\0")
     cgroup = bed.read(f"/proc/{pid}/cgroup")
     assert f"{show['ControlGroup']}/container" in cgroup, cgroup
+    # the monitor in the unit's supervisor/ leaf, in every hierarchy it shares with the
+    # unit (placed by the launcher while the monitor started)
+    own = [line.split(":", 2)[2] for line in
+           bed.read(f"/proc/{conmon_pid}/cgroup").splitlines() if f"/{unit}" in line]
+    assert own and all(p.endswith(f"/{unit}/supervisor") for p in own), own
     # sdshim's own commands leave podman's containers to podman (docs/conmon.md)
     listed = bed.run([sys.executable, "-m", "sdshim", "list", "--json"])
     assert listed.returncode == 0 and name.encode() not in listed.stdout, listed
@@ -257,6 +262,29 @@ def test_malformed_command_lines(podman: Podman, bed: Bed) -> None:
     units = bed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
                      "sdshim-podman-*"]).stdout.decode()
     assert "sdshim-podman-x" not in units
+
+
+def test_a_log_file_that_cannot_be_opened(podman: Podman, bed: Bed) -> None:
+    """podman's run fails as with conmon and nothing is left behind: sdshim's monitor
+    opens the log while the runtime creates the container, and deletes that container
+    when the log cannot be opened; its error is one line naming the file."""
+    outs = {}
+    for m in podman.monitors:
+        name = f"pt-nolog-{m}-{secrets.token_hex(3)}"
+        outs[m] = podman(m, "run", "-d", "--log-driver", "k8s-file", "--log-opt",
+                         "path=/proc/nonexistent/ctr.log", "--name", name, *NONET, IMG,
+                         "sleep", "1000")
+        assert outs[m].returncode != 0, outs[m]
+        state = podman(m, "inspect", "-f", "{{.State.Status}} {{.Id}}", name).stdout.split()
+        assert state[0] == b"created", (m, state)
+        assert state[1] not in bed.run(["runc", "list", "-q"]).stdout.split(), m
+        assert podman(m, "rm", name).returncode == 0
+    said = outs["sdshim"].stderr
+    assert said.count(b"\n") == 1 and b"Traceback" not in said, said
+    assert b"cannot open the log file /proc/nonexistent/ctr.log: No such file" in said, said
+    units = bed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                     "sdshim-podman-pt-nolog-*"]).stdout
+    assert units == b"", units
 
 
 def test_oom_killed_is_reported(podman: Podman) -> None:

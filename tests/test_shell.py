@@ -280,6 +280,29 @@ def test_a_failed_cgroup_move_names_the_path_and_errno(
                               "Is a directory (EISDIR)")
 
 
+def test_the_split_of_another_process_and_of_one_split_already(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sdshim-conmon's launcher splits the unit for its monitor (pid given): a v1
+    hierarchy's failure goes to warn, not to stderr; a monitor then finds itself in
+    supervisor/ and is not moved again."""
+    from sdshim.shim import cgroup
+
+    monkeypatch.setattr(cgroup, "CGROUP_FS", str(tmp_path))
+    unit = "/machine.slice/u.service"
+    (tmp_path / "systemd" / unit.lstrip("/")).mkdir(parents=True)
+    (tmp_path / "pids" / unit.lstrip("/") / "supervisor" / "cgroup.procs").mkdir(parents=True)
+    where = {"name=systemd": unit, "pids": unit, "": unit}  # hybrid, no v2 mount here
+    monkeypatch.setattr(cgroup, "own_cgroups", lambda pid="self": dict(where))
+    warned: list[str] = []
+    assert cgroup.split("u.service", 4242, warned.append) == f"{unit}/container"
+    assert (tmp_path / "systemd" / unit.lstrip("/") / "supervisor" / "cgroup.procs"
+            ).read_text() == "4242"
+    assert len(warned) == 1 and "pids" in warned[0] and "(EISDIR)" in warned[0], warned
+    where.update({key: f"{unit}/supervisor" for key in where})
+    monkeypatch.setattr(cgroup, "_move", lambda *a: pytest.fail("moved again"))
+    assert cgroup.split("u.service") == f"{unit}/container"
+
+
 def test_spawn_launch_with_preexec_forks_without_subprocess(tmp_path: Path) -> None:
     from sdshim import spawn
 

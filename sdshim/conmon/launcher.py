@@ -16,8 +16,8 @@ import posix
 import sys
 import time
 
-from sdshim import leanjson, leanos, privapi, spawn
-from sdshim.conmon import handover, interpreter, options
+from sdshim import leanos, privapi, spawn
+from sdshim.conmon import bundleconfig, handover, interpreter, options
 from sdshim.errors import SdshimError
 
 TYPE_CHECKING = False
@@ -48,15 +48,6 @@ def read_start_byte() -> None:
         posix.read(fd, 1)
     except OSError as e:
         raise LaunchError(f"[conmon:e]: Failed to read from the start pipe: {e}") from None
-
-
-def container_cgroups_path(bundle: str) -> str:
-    try:
-        with open(leanos.join(bundle, "config.json"), "rb") as f:
-            config = leanjson.loads(f.read().decode())
-        return str(config.get("linux", {}).get("cgroupsPath") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def in_unit() -> bool:
@@ -114,6 +105,7 @@ def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
     assert opts.cid and opts.bundle
     cid = opts.cid
     unit = ""
+    placement: dict[str, Any] = {}
     systemd: BlockingSystemd | None = None
     child = 0
     cwd = posix.getcwd()
@@ -123,7 +115,7 @@ def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
             from sdshim.conmon import unit as units
 
             name = opts.name or opts.cid[:12]
-            slice_ = units.slice_of(container_cgroups_path(opts.bundle))
+            slice_ = units.slice_of(bundleconfig.cgroups_path(opts.bundle))
 
             def props_for(unit: str) -> list[Any]:
                 return units.properties(unit, name, cid, slice_, monitor_argv, env, cwd)
@@ -132,6 +124,8 @@ def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
                 systemd, unit = units.start(opts.name or "", cid, props_for)
             except (units.UnitError, SdshimError) as e:
                 raise LaunchError(f"[conmon:e]: {e}") from None
+            if opts.systemd_cgroup:
+                placement = units.place_monitor(systemd, unit, opts.bundle)
         else:
             # /dev/null for stdio, as conmon's daemon: podman reads our stdout and
             # stderr until EOF.
@@ -160,7 +154,8 @@ def _start_monitor(opts: options.Options, argv: list[str], fds: list[int],
         umask = posix.umask(0o022)
         posix.umask(umask)
         handover.send(conn, {"argv": argv, "env": env, "cwd": cwd, "unit": unit,
-                             "groups": posix.getgroups(), "umask": umask}, fds)
+                             "groups": posix.getgroups(), "umask": umask,
+                             "placement": placement}, fds)
         handover.wait_ack(conn, HANDOVER_TIMEOUT)
         conn.close()
     except (handover.HandoverError, OSError) as e:

@@ -126,6 +126,10 @@ class K8sFile:
             self.fd = -1
 
 
+class SinkError(Exception):
+    pass
+
+
 def open_sinks(logs: Sequence[tuple[str, str]], cid: str, name: str, tag: str,
                size_max: int) -> list[Journald | K8sFile]:
     sinks: list[Journald | K8sFile] = []
@@ -133,5 +137,11 @@ def open_sinks(logs: Sequence[tuple[str, str]], cid: str, name: str, tag: str,
         if driver == "journald":
             sinks.append(Journald(cid, name, tag))
         elif driver == "k8s-file":
-            sinks.append(K8sFile(path, size_max))
+            try:
+                sinks.append(K8sFile(path, size_max))
+            except OSError as e:
+                for sink in sinks:
+                    sink.close()
+                raise SinkError(f"cannot open the log file {path}: "
+                                f"{e.strerror or e}") from None
     return sinks

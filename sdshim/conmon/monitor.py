@@ -17,19 +17,20 @@ import posix
 import sys
 import time
 
-from sdshim import leanjson, leanos, privapi, spawn
+from sdshim import leanos, privapi, spawn
 from sdshim.conmon import exitfile, handover, options, syncpipe
-from sdshim.conmon.attach import STDERR, STDOUT, AttachServer, bind_long
-from sdshim.conmon.ctl import ControlFifo
-from sdshim.shim.journal import LineSplitter, synchronize
 from sdshim.shim.poller import EVENT_READ, EVENT_WRITE, Poller
 
+# What podman needs only once it has the PID (output, logs, attach, ctl) is imported
+# while the runtime creates the container (Monitor.serve_io), off podman's wait.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
     from collections.abc import Callable
     from typing import Any
 
+    from sdshim.conmon.attach import AttachServer
+    from sdshim.conmon.ctl import ControlFifo
     from sdshim.conmon.logsinks import Journald, K8sFile
 else:
     import _signal
@@ -46,6 +47,8 @@ EXIT_FAILURE = 1
 
 class Stream:
     def __init__(self, fd: int, name: str, kind: int) -> None:
+        from sdshim.shim.journal import LineSplitter  # loaded by serve_io
+
         self.fd = fd
         self.name = name  # stdout | stderr, for the logs
         self.kind = kind  # for attach clients
@@ -110,6 +113,7 @@ class Monitor:
         self.opts = opts
         self.env: dict[str, str] = dict(e.split("=", 1) for e in payload["env"] if "=" in e)
         self.unit: str = payload.get("unit") or ""
+        self.placement: dict[str, Any] = payload.get("placement") or {}
         self.fds = fds  # podman's fd number -> ours
         self.cid: str = opts.cid or ""
         self.bundle: str = opts.bundle or "."
@@ -127,6 +131,7 @@ class Monitor:
         self.sinks: list[Journald | K8sFile] = []
         self.attach: AttachServer | None = None
         self.ctl: ControlFifo | None = None
+        self.io_served = False
         self.stdin: Input | None = None
         self.master = -1
         self.console_path = ""
@@ -353,6 +358,8 @@ class Monitor:
         except OSError:
             pass
         self.stdin = Input(self.poller, posix.dup(self.master), closable=False)
+        from sdshim.conmon.attach import STDOUT  # loaded by serve_io
+
         self.add_stream(self.master, "stdout", STDOUT)
         return ""
 
@@ -385,10 +392,25 @@ class Monitor:
         if self.stdin is not None and not self.opts.leave_stdin_open:
             self.stdin.eof()
 
-    def serve_clients(self) -> None:
-        """The attach socket and ctl FIFO: before the PID is reported, as podman needs."""
+    def serve_io(self) -> str:
+        """The log sinks, the attach socket and the ctl FIFO: before the PID is reported,
+        as podman needs; while the runtime runs, but for an exec podman attaches to.
+        '' or what failed."""
+        if self.io_served:
+            return ""
+        self.io_served = True
+        from sdshim.conmon import attach, ctl
+        from sdshim.shim import journal  # noqa: F401  (the streams' and finish's)
+
         if self.opts.passthrough():
-            return
+            return ""
+        from sdshim.conmon import logsinks
+
+        try:
+            self.sinks = logsinks.open_sinks(self.opts.logs(), self.cid, self.opts.name or "",
+                                             self.opts.log_tag or "", self.opts.log_size_max)
+        except logsinks.SinkError as e:
+            return str(e)
         if not self.opts.full_attach and self.opts.socket_dir_path:
             link = leanos.join(self.opts.socket_dir_path, self.opts.cuuid or self.cid)
             try:
@@ -399,8 +421,10 @@ class Monitor:
                 posix.symlink(self.bundle, link)
             except OSError:
                 pass
-        self.attach = AttachServer(self.poller, self.bundle, self.on_input, self.on_input_eof)
-        self.ctl = ControlFifo(self.poller, self.bundle, self.resize, self.reopen_logs)
+        self.attach = attach.AttachServer(self.poller, self.bundle, self.on_input,
+                                          self.on_input_eof)
+        self.ctl = ctl.ControlFifo(self.poller, self.bundle, self.resize, self.reopen_logs)
+        return ""
 
     def serve_notify(self) -> None:
         """--sdnotify-socket: `<bundle>/notify/notify.sock` (podman mounts it in the
@@ -415,6 +439,8 @@ class Monitor:
             posix.unlink(path)
         except FileNotFoundError:
             pass
+        from sdshim.conmon.attach import bind_long
+
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         bind_long(sock, directory, "notify.sock")  # podman's bundle paths are long
         posix.chmod(path, 0o777)
@@ -461,20 +487,23 @@ class Monitor:
         self.in_unit_cgroup = False
         if not self.unit or self.opts.exec or not self.opts.systemd_cgroup:
             return
+        if self.placement.get("cgroups_path"):  # the launcher did it while we started
+            for warning in self.placement.get("warnings", []):
+                print(warning, file=sys.stderr)
+            self.in_unit_cgroup = True
+            return
+        from sdshim.conmon import bundleconfig
         from sdshim.shim import cgroup
 
         path = cgroup.split(self.unit)
         if not path:
             return
-        config_path = leanos.join(self.bundle, "config.json")
-        with open(config_path, "rb") as f:
-            config = leanjson.loads(f.read().decode())
-        config.setdefault("linux", {})["cgroupsPath"] = path
-        exitfile.write_atomically(config_path, leanjson.dumps(config).encode(), 0o600)
+        bundleconfig.set_cgroups_path(self.bundle, path)
         self.in_unit_cgroup = True
 
     def run_runtime(self) -> str:
-        """runtime create / exec --detach; '' or the runtime's words for the failure."""
+        """runtime create / exec --detach; '' or the runtime's words for the failure.
+        While it runs, serve_io."""
         argv = self.runtime_argv()
         stdin, out_w, err_w, close = self.stdio()
         preserved = [(self.fds[fd], fd) for fd in range(3, 3 + self.preserved)
@@ -486,13 +515,15 @@ class Monitor:
         finally:
             for fd in close:
                 posix.close(fd)
-        while True:
-            try:
-                _, status = posix.waitpid(pid, 0)
-                break
-            except ChildProcessError:
-                status = 0
-                break
+        try:
+            error = self.serve_io()
+        except BaseException:
+            self._abandon(pid, argv[0])
+            raise
+        if error:
+            self._abandon(pid, argv[0])
+            return error
+        status = _wait(pid)
         self._reap()
         if posix.waitstatus_to_exitcode(status) != 0:
             self.runtime_status = posix.waitstatus_to_exitcode(status)
@@ -521,6 +552,8 @@ class Monitor:
             if error:
                 return error
         if hasattr(self, "_out_r"):
+            from sdshim.conmon.attach import STDERR, STDOUT  # loaded by serve_io
+
             self.add_stream(self._out_r, "stdout", STDOUT)
             self.add_stream(self._err_r, "stderr", STDOUT if self.opts.terminal else STDERR)
         self.cgroup_path = _memory_cgroup(self.pid)
@@ -528,6 +561,13 @@ class Monitor:
             self._forward(signum)
         self.pending_signals.clear()
         return ""
+
+    def _abandon(self, pid: int, runtime: str) -> None:
+        """Nothing half-made: the container the runtime is creating goes too."""
+        _wait(pid)
+        if not self.opts.exec:
+            _wait(_spawn([runtime, *self.opts.runtime_arg, "delete", "--force", self.cid],
+                         self.env, spawn.DEVNULL, spawn.DEVNULL, spawn.DEVNULL, []))
 
     # --- the end ----------------------------------------------------------------------
 
@@ -541,6 +581,8 @@ class Monitor:
     def finish(self) -> int:
         self.drain()
         if any(driver == "journald" for driver, _ in self.opts.logs()):
+            from sdshim.shim.journal import synchronize  # loaded by serve_io
+
             # Every line is in the journal before the exit file says the container ended.
             synced: list[bool] = []
             synchronize(self.poller, synced.append)
@@ -611,14 +653,11 @@ class Monitor:
     def run(self) -> int:
         self.setup()
         self.place_container()
-        if not self.opts.passthrough():
-            from sdshim.conmon.logsinks import open_sinks
-
-            self.sinks = open_sinks(self.opts.logs(), self.cid, self.opts.name or "",
-                                    self.opts.log_tag or "", self.opts.log_size_max)
-        self.serve_clients()
         self.serve_notify()
         if self.opts.exec and self.opts.exec_attach:
+            error = self.serve_io()
+            if error:
+                return self.fail(error)
             syncpipe.write(self.attach_fd, 0)
             if self.start_fd >= 0:
                 try:
@@ -661,6 +700,14 @@ def _spawn(argv: list[str], env: dict[str, str], stdin: int, stdout: int, stderr
         actions.append((posix.POSIX_SPAWN_DUP2, ours, theirs))
     return posix.posix_spawn(argv[0], argv, env, file_actions=actions,
                              setsigdef=spawn._RESET_SIGNALS)
+
+
+def _wait(pid: int) -> int:
+    """The wait status of our child pid (0 if something reaped it already)."""
+    try:
+        return posix.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0
 
 
 def _memory_cgroup(pid: int) -> str:

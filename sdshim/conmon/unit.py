@@ -9,22 +9,29 @@ how it ended. The container's processes live in the unit's own cgroup leaf
 
 from __future__ import annotations
 
+from sdshim.conmon import bundleconfig
+from sdshim.errors import SdshimError
 from sdshim.naming import NAME_CHARS
 from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.systemd1 import (
     LOG_RATE_BURST_UNLIMITED,
     LOG_RATE_INTERVAL_USEC,
+    PROPERTIES,
+    SERVICE,
     START_TRANSIENT,
     UNIT,
     UNIT_EXISTS,
     BusCallError,
+    Call,
     Job,
     manager_call,
+    unit_path,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
     from sdshim.units.spec import Property
 
@@ -131,6 +138,28 @@ def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
     except BaseException:
         systemd.conn.close()
         raise
+
+
+def place_monitor(systemd: BlockingSystemd, unit: str, bundle: str) -> dict[str, Any]:
+    """What the monitor does first in its unit, done here while its interpreter starts,
+    off podman's wait: the monitor moved to the unit's supervisor/ leaf and the
+    container's cgroupsPath set to container/ (sdshim.shim.cgroup.split). The unit's
+    main process is the monitor, the only process in it: a Type=exec start job ends once
+    systemd has executed it. The placement for the hand-over; {} when it could not be
+    made here: the monitor makes it then, and says what failed."""
+    from sdshim.shim import cgroup  # here: not on the way to StartTransientUnit
+
+    warnings: list[str] = []
+    try:
+        (pid,) = systemd.conn.call(Call(unit_path(unit), PROPERTIES, "Get", "ss",
+                                        [SERVICE, "MainPID"],
+                                        purpose=f"systemd's MainPID of {unit}"))
+        path = cgroup.split(unit, int(pid), warnings.append) if pid else ""
+        if path:
+            bundleconfig.set_cgroups_path(bundle, path)
+    except (BusCallError, SdshimError, OSError, ValueError):
+        return {}
+    return {"cgroups_path": path, "warnings": warnings} if path else {}
 
 
 def stop(systemd: BlockingSystemd, unit: str) -> None:

@@ -13,15 +13,19 @@ from sdshim import leanos
 from sdshim.privapi import posix
 from sdshim.shim.notify import say
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CGROUP_FS = "/sys/fs/cgroup"
 SUPERVISOR = "supervisor"
 CONTAINER = "container"
 
 
-def own_cgroups() -> dict[str, str]:
-    """hierarchy key ('' for the unified one) -> this process's cgroup path."""
+def own_cgroups(pid: int | str = "self") -> dict[str, str]:
+    """hierarchy key ('' for the unified one) -> this process's (or pid's) cgroup path."""
     result = {}
-    with open("/proc/self/cgroup") as f:
+    with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _hid, ctls, path = line.rstrip("\n").split(":", 2)
             result[ctls] = path
@@ -41,10 +45,11 @@ def _mount_of(key: str) -> str | None:
     return None
 
 
-def _unit_leaves(unit: str, leaf: str) -> list[str]:
-    """<unit cgroup>/leaf in every hierarchy where this process is inside the unit."""
+def _unit_leaves(unit: str, leaf: str, pid: int | str = "self") -> list[str]:
+    """<unit cgroup>/leaf in every hierarchy where this process (or pid) is inside the
+    unit."""
     leaves = []
-    for key, path in own_cgroups().items():
+    for key, path in own_cgroups(pid).items():
         parts = path.rstrip("/").split("/")
         if unit not in parts:
             continue
@@ -65,7 +70,7 @@ def _unified(leaf: str) -> bool:
         leanos.exists(leanos.join(CGROUP_FS, "cgroup.controllers"))
 
 
-def _move(leaves: list[str], pid: int) -> None:
+def _move(leaves: list[str], pid: int, warn: Callable[[str], None] = say) -> None:
     """Put pid into every leaf. A failure in the hierarchy systemd delegated (the
     unified one, or name=systemd) is an error; in a v1 controller's, where the runtime
     copes, a warning; both name the path and the errno. A pid that is gone is none."""
@@ -88,7 +93,7 @@ def _move(leaves: list[str], pid: int) -> None:
                 error = CgroupError(message)
                 error.errno = e.errno
                 raise error from e
-            say(f"sdshim: warning: {message}")
+            warn(f"sdshim: warning: {message}")
 
 
 def adopt(unit: str, pid: int) -> None:
@@ -111,12 +116,18 @@ def join(pid: int, like: int) -> None:
             _move([leanos.join(mount, path.lstrip("/"))], pid)
 
 
-def split(unit: str) -> str:
-    """Move this process to <unit cgroup>/supervisor everywhere; return the container
-    path for the runtime's cgroupsPath. Outside a unit (run by hand), change nothing."""
-    cgroups = own_cgroups()
+def split(unit: str, pid: int = 0, warn: Callable[[str], None] = say) -> str:
+    """Move this process (or pid, the unit's main process) to <unit cgroup>/supervisor
+    everywhere; return the container path for the runtime's cgroupsPath. Outside a unit
+    (run by hand), change nothing; a process there already is not moved again. warn
+    gets what fails in a v1 controller's hierarchy (the runtime copes)."""
+    key: int | str = pid or "self"
+    cgroups = own_cgroups(key)
     unified = cgroups.get("", cgroups.get("name=systemd", ""))
+    if unified.endswith(f"/{unit}/{SUPERVISOR}"):
+        return f"{unified[:-len(SUPERVISOR)]}{CONTAINER}"
     if not unified.endswith("/" + unit):
         return ""
-    _move(_unit_leaves(unit, SUPERVISOR), posix.getpid())
+    _move(_unit_leaves(unit, SUPERVISOR, key), pid or posix.getpid(), warn)
     return f"{unified}/{CONTAINER}"
+
