@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import _socket
 import posix
-import struct  # not array: it imports collections.abc (~1 MB in every monitor)
+import sys
 
-from sdshim import leanjson
+from sdshim import fdpassing, leanjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ HANDOVER_DIR = "/run/sdshim-conmon"
 MAX_MESSAGE = 1 << 20
 SCM_MAX_FD = 253  # the kernel's limit of fds per message
 ACK = b"\x01"
-_INT = struct.calcsize("i")
 
 
 class HandoverError(Exception):
@@ -71,7 +70,8 @@ def listen(path: str) -> _socket.socket:
 
 def peer_pid(conn: _socket.socket) -> int:
     creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    pid, uid, _gid = struct.unpack("3i", creds)
+    pid, uid, _gid = (int.from_bytes(creds[i:i + 4], sys.byteorder, signed=True)
+                      for i in (0, 4, 8))  # struct ucred
     if uid != 0:
         raise HandoverError(f"hand-over socket: peer uid {uid} is not root")
     return int(pid)
@@ -84,8 +84,7 @@ def send(conn: _socket.socket, payload: dict[str, Any], fds: list[int]) -> None:
     data = leanjson.dumps({**payload, "fds": fds}).encode()
     if len(data) > MAX_MESSAGE:
         raise HandoverError("hand-over message too large (environment or arguments)")
-    ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-    conn.sendmsg([data], ancillary if fds else [])
+    conn.sendmsg([data], fdpassing.ancillary(fds))
 
 
 def wait_ack(conn: _socket.socket, timeout: float) -> None:
@@ -102,13 +101,7 @@ def receive(path: str) -> tuple[_socket.socket, dict[str, Any], dict[int, int]]:
     """Monitor side: connect, take the message; (socket, payload, original fd -> ours)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     sock.connect(path)
-    msg, ancdata, _flags, _addr = sock.recvmsg(
-        MAX_MESSAGE, _socket.CMSG_SPACE(SCM_MAX_FD * _INT), _socket.MSG_CMSG_CLOEXEC)
-    received: list[int] = []
-    for level, kind, data in ancdata:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            n = len(data) // _INT
-            received.extend(struct.unpack(f"{n}i", data[: n * _INT]))
+    msg, received = fdpassing.receive(sock, MAX_MESSAGE, SCM_MAX_FD)
     payload: dict[str, Any] = leanjson.loads(msg.decode())
     originals = [int(fd) for fd in payload.pop("fds")]
     if len(originals) != len(received):

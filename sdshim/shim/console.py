@@ -12,6 +12,7 @@ import fcntl
 import sys
 import termios
 
+from sdshim import fdpassing
 from sdshim.privapi import posix
 from sdshim.shim.listener import Listener
 from sdshim.shim.poller import EVENT_READ
@@ -23,21 +24,10 @@ if TYPE_CHECKING:
     from sdshim.shim.poller import Poller
 
 
-FD_SIZE = 4  # an int in SCM_RIGHTS data
-
-
 def receive_fds(conn: _socket.socket) -> list[int]:
-    """The fds the runtime sent on conn (SCM_RIGHTS: the master, or more by mistake);
-    recvmsg's OSError (BlockingIOError on a non-blocking conn with nothing yet)."""
-    _msg, ancdata, _flags, _addr = conn.recvmsg(
-        4096, _socket.CMSG_SPACE(4 * FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % FD_SIZE
-            fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder, signed=True)
-                    for i in range(0, usable, FD_SIZE)]
-    return fds
+    """The fds the runtime sent on conn (the master, or more by mistake); recvmsg's
+    OSError (BlockingIOError on a non-blocking conn with nothing yet)."""
+    return fdpassing.receive(conn, 4096, 4)[1]
 
 
 def set_size(fd: int, rows: int, cols: int) -> None:
