@@ -238,7 +238,7 @@ def template_unit(bed: Bed) -> Iterator[Any]:
 
 def foreign_bundle(bed: Bed, make_bundle: Any, *args: str) -> Path:
     """A bundle whose rootfs has /foreign: an aarch64 ELF header, ENOEXEC on x86_64."""
-    bundle = make_bundle(*args)
+    bundle: Path = make_bundle(*args)
     rootfs = bundle / "rootfs"
     foreign = bed.scratch / "foreign-rootfs"
     if not foreign.exists():

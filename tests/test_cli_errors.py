@@ -378,7 +378,7 @@ def test_the_lean_path_exits_quickly_with_its_output_flushed(
         cli.entry()
     assert (e.value.args, flushed) == ((7,), ["stdout", "stderr"])
     # What loaded asyncio ends the ordinary way.
-    monkeypatch.setitem(sys.modules, "asyncio", object())  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "asyncio", object())
     with pytest.raises(SystemExit) as ended:
         cli.entry()
     assert ended.value.code == 7

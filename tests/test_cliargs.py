@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def test_every_option_is_argparse_s_and_defaults_agree() -> None:
     for command, options in (("create", cliargs.CREATE_OPTIONS), ("run", cliargs.RUN_OPTIONS)):
         parser = cli.build_parser(command)
         sub = next(a for a in parser._actions if a.dest == "command")
-        known = {f for a in sub.choices[command]._actions  # type: ignore[union-attr]
+        known = {f for a in sub.choices[command]._actions  # type: ignore[index]
                  for f in a.option_strings}
         assert {f for o in options for f in o.flags} | {"-h", "--help"} == known
         defaults = vars(cliargs.parse_create(command, ["/b"]) or object())
@@ -212,9 +213,10 @@ def test_the_value_parsers_without_re_read_what_the_patterns_read() -> None:
 
     from sdshim.units import spec
 
-    patterns = {spec.parse_bytes: (r"(\d+)([KMGT]?)", str.upper),
-                spec.parse_percent_quota: (r"(\d+(?:\.\d+)?)%", str),
-                spec.parse_seconds: (r"(\d+(?:\.\d+)?)(ms|s|min)?", str)}
+    patterns: dict[Callable[[str], object], tuple[str, Callable[[str], str]]] = {
+        spec.parse_bytes: (r"(\d+)([KMGT]?)", str.upper),
+        spec.parse_percent_quota: (r"(\d+(?:\.\d+)?)%", str),
+        spec.parse_seconds: (r"(\d+(?:\.\d+)?)(ms|s|min)?", str)}
     pieces = ["", "0", "12", ".", "5.", ".5", "1.5", "%", "K", "k", "M", "T", "TB", "ms",
               "s", "min", "mins", "x", "-", " ", "\u0663", "\u00b2"]
     for parse, (pattern, fold) in patterns.items():

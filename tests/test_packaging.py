@@ -656,8 +656,8 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
         term.expect(rb"after-43")
         term.send(b"\x10\x11")  # ctrl-p ctrl-q: detach
         assert term.wait() == 0
-        out, err = exec_cli.communicate(b"go\n", timeout=60)
-        assert exec_cli.returncode == 5 and out == b"exec-got-go\n", err
+        said, err = exec_cli.communicate(b"go\n", timeout=60)
+        assert exec_cli.returncode == 5 and said == b"exec-got-go\n", err
         # A new exec in an old container, input to an old -i container, a new session on
         # an old terminal.
         new_exec = inst.sdshim("exec", names["pipes"], "--", "echo", "new-exec")
@@ -682,8 +682,8 @@ def test_upgrade_in_place_restarts_nothing_and_old_monitors_run_only_old_code(
             for cli, expected in ((attached, lines) if mode == "attached" else
                                   (follower, lines) if mode == "stream" else
                                   (waiter, ["0"]),):
-                out, err = cli.communicate(timeout=60)
-                assert cli.returncode == 0 and out.decode().split() == expected, (mode, err)
+                said, err = cli.communicate(timeout=60)
+                assert cli.returncode == 0 and said.decode().split() == expected, (mode, err)
         assert _status(inst, names["tty"])["exit_code"] == 3
         # The podman container's old monitor ends it all with its own code: the exit
         # file, podman's cleanup, every line, on the terminal, in podman's logs.

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from sdshim import leanjson, leanos, naming, rundir, spawn
-from sdshim.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UsageError
+from sdshim.errors import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_RUNTIME,
+    InvalidNameError,
+    UsageError,
+)
 from sdshim.shim import framing, runtime
 from sdshim.shim.crilog import CriLog
 from sdshim.shim.journal import LineSplitter, encode_entry, encode_field
@@ -34,7 +40,7 @@ def test_valid_names(good: str) -> None:
 @pytest.mark.parametrize("bad", ["", "-x", ".x", "_x", "a b", "a/b", "../etc", "a;b", "a@b",
                                  "a\\x2d", "a" * 64, "x.", "a..b", "é", "a\nb"])
 def test_invalid_names(bad: str) -> None:
-    with pytest.raises(naming.InvalidNameError, match="invalid container name"):
+    with pytest.raises(InvalidNameError, match="invalid container name"):
         naming.validate_name(bad)
 
 
@@ -210,7 +216,7 @@ def test_stop_signal_from_annotation() -> None:
     from sdshim.errors import BundleError
     from sdshim.units.creation import STOP_SIGNAL_ANNOTATION, bundle_stop_signal
 
-    path = Path("/b/config.json")
+    path = "/b/config.json"
     assert bundle_stop_signal({}, path) == 15
     assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "SIGQUIT"}}, path) == 3
     assert bundle_stop_signal({"annotations": {STOP_SIGNAL_ANNOTATION: "usr2"}}, path) == 12

@@ -75,7 +75,8 @@ def test_a_callback_that_raises_costs_its_part_not_the_loop() -> None:
 
 def test_the_reaper_continues_its_own_and_hands_on_the_others() -> None:
     others: list[tuple[int, int]] = []
-    reaper = ChildReaper(lambda pid, status: others.append((pid, status)), pytest.fail)
+    reaper = ChildReaper(lambda pid, status: others.append((pid, status)),
+                         lambda e: pytest.fail(repr(e)))
     order: list[str] = []
     mine = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
     other = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 4"], os.environ)
@@ -250,17 +251,18 @@ def test_monitor_loads_or_pins_every_module_at_set_up(tmp_path: Path) -> None:
 def test_cri_rotation_that_cannot_reopen_leaves_no_stale_fd(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    from sdshim.privapi import posix  # crilog's
     from sdshim.shim import crilog
 
     log = crilog.CriLog(str(tmp_path / "ctr.log"), size_max=64)
     log.write("stdout", [(b"x" * 40, False)])
-    real_open = crilog.posix.open
-    monkeypatch.setattr(crilog.posix, "open", lambda *a: (_ for _ in ()).throw(
+    real_open = posix.open
+    monkeypatch.setattr(posix, "open", lambda *a: (_ for _ in ()).throw(
         OSError(24, "Too many open files")))
     log.write("stdout", [(b"y" * 40, False)])  # rotates; the new file cannot be opened
     assert log.fd == -1  # the old number is not kept: it may belong to another file now
     assert "cannot write log file" in capsys.readouterr().err
-    monkeypatch.setattr(crilog.posix, "open", real_open)
+    monkeypatch.setattr(posix, "open", real_open)
     log.write("stdout", [(b"z" * 10, False)])  # opened again, and written
     assert log.fd >= 0 and (tmp_path / "ctr.log").read_bytes().endswith(b" F " + b"z" * 10 + b"\n")
     log.close()
@@ -312,7 +314,7 @@ def test_spawn_launch_with_preexec_forks_without_subprocess(tmp_path: Path) -> N
         pid = spawn.launch(["sh", "-c", "echo $MARK; grep SigIgn /proc/self/status"],
                            env={"PATH": os.environ["PATH"], "MARK": "env-ok"},
                            stdin=spawn.DEVNULL, stdout=fd,
-                           preexec=lambda: os.environ.setdefault("X", "child"))
+                           preexec=lambda: os.environ.update(X="child"))
     finally:
         os.close(fd)
     _, status = os.waitpid(pid, 0)

@@ -193,7 +193,7 @@ def test_container_ids_follow_the_user_namespace() -> None:
     from sdshim.shim.inherited import SetupError, container_ids
 
     assert container_ids({"process": {"user": {"uid": 1000, "gid": 100}}}) == (1000, 100)
-    mapped = {"process": {"user": {"uid": 5, "gid": 0}},
+    mapped: dict[str, Any] = {"process": {"user": {"uid": 5, "gid": 0}},
               "linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
                         "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 10}]}}
     assert container_ids(mapped) == (100005, 200000)
@@ -302,7 +302,7 @@ CREDENTIALS_SCRIPT = (
 
 
 def credentials_bundle(make_bundle: Any, uid: int = 1000) -> Path:
-    bundle = make_bundle("sh", "-c", CREDENTIALS_SCRIPT)
+    bundle: Path = make_bundle("sh", "-c", CREDENTIALS_SCRIPT)
     config = json.loads((bundle / "config.json").read_text())
     config["process"]["user"] = {"uid": uid, "gid": uid}
     (bundle / "config.json").write_text(json.dumps(config))

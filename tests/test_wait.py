@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sdshim.units import manager
+from sdshim.units import bus, manager
 from sdshim.units.systemd1 import BusLostError, BusTimeoutError
 
 
@@ -42,10 +42,10 @@ def scripted(monkeypatch: pytest.MonkeyPatch, answers: list[Any]) -> manager.Man
     async def no_sleep(_seconds: float) -> None:
         await real_sleep(0)
 
-    monkeypatch.setattr(manager.Systemd, "connect", staticmethod(connect))
+    monkeypatch.setattr(bus.Systemd, "connect", staticmethod(connect))
     monkeypatch.setattr(manager.Manager, "status", status)
     m = manager.Manager(first)  # type: ignore[arg-type]
-    monkeypatch.setattr(manager.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
     return m
 
 

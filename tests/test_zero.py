@@ -256,7 +256,8 @@ TRAP = "trap 'echo got-$SIG; exit 0' {sig}; echo ready; while :; do sleep 0.05; 
 
 
 def trapping(make_bundle: Any, sig: str) -> Path:
-    return make_bundle("sh", "-c", TRAP.replace("$SIG", sig).format(sig=sig))
+    bundle: Path = make_bundle("sh", "-c", TRAP.replace("$SIG", sig).format(sig=sig))
+    return bundle
 
 
 def wait_line(bed: Bed, name: str, line: bytes) -> None:
