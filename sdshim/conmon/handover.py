@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import _socket
 import posix
-import sys
 
 from sdshim import fdpassing, leanjson
 
@@ -70,8 +69,7 @@ def listen(path: str) -> _socket.socket:
 
 def peer_pid(conn: _socket.socket) -> int:
     creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    pid, uid, _gid = (int.from_bytes(creds[i:i + 4], sys.byteorder, signed=True)
-                      for i in (0, 4, 8))  # struct ucred
+    pid, uid, _gid = fdpassing.unpack(creds)  # struct ucred: three ints, as fds are
     if uid != 0:
         raise HandoverError(f"hand-over socket: peer uid {uid} is not root")
     return int(pid)
