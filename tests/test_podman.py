@@ -21,6 +21,7 @@ import pytest
 
 from bench import common
 from tests.conftest import REPO, Bed
+from tests.test_cgrouptrim import left_behind, unmanaged_with
 
 STOCK = "/usr/bin/conmon"
 
@@ -192,12 +193,17 @@ def test_container_is_a_service(podman: Podman, bed: Bed) -> None:
     assert listed.returncode == 0 and name.encode() not in listed.stdout, listed
     top = podman("sdshim", "top", name)
     assert top.returncode == 0 and b"sleep 1000" in top.stdout, top
+    # runc makes the container's cgroup in the v1 hierarchies systemd does not manage
+    # too (this host's cpuset, freezer): the unit's end removes them there
+    # (sdshim.units.cgrouptrim)
+    assert unmanaged_with(bed, pid, unit)
     out = podman("sdshim", "rm", "-f", "-t", "0", name)
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 30
     while bed.show(unit, "LoadState")["LoadState"] != "not-found":
         assert time.monotonic() < deadline, "unit left behind"
         time.sleep(0.1)
+    assert left_behind(bed, show["ControlGroup"]) == []
 
 
 def test_long_lines_whole(podman: Podman) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sdshim.conmon import bundleconfig
 from sdshim.errors import SdshimError
 from sdshim.naming import NAME_CHARS
+from sdshim.units import cgrouptrim
 from sdshim.units.blockingbus import BlockingSystemd
 from sdshim.units.systemd1 import (
     LOG_RATE_BURST_UNLIMITED,
@@ -66,7 +67,7 @@ def slice_of(cgroups_path: str) -> str:
 
 def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
                env: Sequence[str], cwd: str) -> list[Property]:
-    return [
+    return cgrouptrim.add_to([
         ("Description", "s", f"podman container {name} ({cid[:12]})"),
         ("Slice", "s", slice_),
         ("Type", "s", "exec"),
@@ -93,7 +94,7 @@ def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
         ("Environment", "as", [*env, f"SDSHIM_CONTAINER={cid}"]),
         ("WorkingDirectory", "s", cwd),
         ("ExecStart", "a(sasb)", [[argv[0], list(argv), False]]),
-    ]
+    ])
 
 
 def start(name: str, cid: str, props_for: Callable[[str], list[Property]]

@@ -6,6 +6,7 @@ import sys
 
 from sdshim import leanos, naming, shim, signals
 from sdshim.errors import EXIT_NO_RESTART, UsageError
+from sdshim.units import cgrouptrim
 from sdshim.units.features import SOCKET_NEEDS_DETACH, Features
 from sdshim.units.systemd1 import LOG_RATE_BURST_UNLIMITED, LOG_RATE_INTERVAL_USEC
 
@@ -223,6 +224,7 @@ class ContainerSpec:
         props += self.features.service_properties(reload_command(self.name))
         if self.zero_resident:
             props = self.zero_resident_properties(props)
+        props = cgrouptrim.add_to(props)
         return props + self.restart_properties() + self.properties
 
     def log_fields(self) -> list[bytes]:
