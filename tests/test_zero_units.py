@@ -13,7 +13,7 @@ from sdshim import spawn
 from sdshim.errors import UsageError
 from sdshim.shim import options, stoppost
 from sdshim.shim.handoff import unsupported
-from sdshim.units import direct
+from sdshim.units import cgrouptrim, direct
 from sdshim.units.cli import build_parser
 from sdshim.units.spec import ContainerSpec
 
@@ -26,10 +26,17 @@ def spec(**kw: Any) -> ContainerSpec:
 
 
 def props(s: ContainerSpec) -> dict[str, Any]:
+    """The unit's properties, without the cgroup trim step (sdshim.units.cgrouptrim),
+    which every unit has last on a host with v1 hierarchies, and only there."""
     found: dict[str, Any] = {}
     for name, _sig, value in s.unit_properties():
         assert name not in found or name == "Environment", f"{name} twice"
         found[name] = value
+    trim = [cgrouptrim.SH, cgrouptrim.transient_argv(), True]
+    stop_post = found.pop("ExecStopPost", [])
+    assert (stop_post[-1:] == [trim]) == cgrouptrim.needed(), stop_post
+    if stop_post[:-1] if cgrouptrim.needed() else stop_post:
+        found["ExecStopPost"] = stop_post[:-1] if cgrouptrim.needed() else stop_post
     return found
 
 
