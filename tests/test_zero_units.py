@@ -34,9 +34,12 @@ def props(s: ContainerSpec) -> dict[str, Any]:
         found[name] = value
     trim = [cgrouptrim.SH, cgrouptrim.transient_argv(), True]
     stop_post = found.pop("ExecStopPost", [])
-    assert (stop_post[-1:] == [trim]) == cgrouptrim.needed(), stop_post
-    if stop_post[:-1] if cgrouptrim.needed() else stop_post:
-        found["ExecStopPost"] = stop_post[:-1] if cgrouptrim.needed() else stop_post
+    trimmed = not cgrouptrim.unified_only()
+    assert (stop_post[-1:] == [trim]) == trimmed, stop_post
+    if trimmed:
+        stop_post = stop_post[:-1]
+    if stop_post:
+        found["ExecStopPost"] = stop_post
     return found
 
 
@@ -122,7 +125,7 @@ def test_direct_start_unit_runs_the_runtime_itself() -> None:
     assert p["PIDFile"] == "/run/sdshim/web/pid"
     [(path, argv, ignore)] = p["ExecStart"]
     assert path == argv[0] and ignore is False
-    if direct.unified_only():
+    if cgrouptrim.unified_only():
         assert argv[:2] == ["/bin/sh", "-c"]
         argv = argv[argv.index("/usr/sbin/runc"):]
     assert argv[0] == "/usr/sbin/runc"

@@ -53,14 +53,14 @@ def template_line() -> str:
     return f"ExecStopPost=-{SH} -c '{script}' {NAME}"
 
 
-def needed(root: str = CGROUP_FS) -> bool:
-    """Whether this host has v1 hierarchies (a unified-only one has none)."""
-    return not leanos.exists(leanos.join(root, "cgroup.controllers"))
+def unified_only(root: str = CGROUP_FS) -> bool:
+    """Whether this host has only the unified hierarchy (cgroup v2), no v1 ones."""
+    return leanos.exists(leanos.join(root, "cgroup.controllers"))
 
 
 def add_to(props: list[Property], root: str = CGROUP_FS) -> list[Property]:
     """props with the step as the unit's last ExecStopPost= command, where needed."""
-    if not needed(root):
+    if unified_only(root):
         return props
     argv = transient_argv()
     command = [argv[0], argv, True]

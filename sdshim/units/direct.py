@@ -31,6 +31,7 @@ import os
 from sdshim import leanos, naming, rundir
 from sdshim.errors import BundleError, CreateError
 from sdshim.shim import runtime
+from sdshim.units.cgrouptrim import CGROUP_FS, SH, unified_only
 from sdshim.units.systemd1 import exists_error
 
 TYPE_CHECKING = False
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
     from sdshim.units.spec import ContainerSpec, Property
 
-SH = "/bin/sh"
-CGROUP_FS = "/sys/fs/cgroup"
 # On a unified-only (cgroup v2) host an inner cgroup may hold no processes once the
 # runtime enables controllers below it: `runc create` moves itself to the unit's
 # supervisor/ leaf first (what sdshim.shim.cgroup.split does for the hand-off). One line:
@@ -77,10 +76,6 @@ def slice_path(slice_unit: str) -> str:
         return ""
     parts = slice_unit.removesuffix(".slice").split("-")
     return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
-
-
-def unified_only(root: str = CGROUP_FS) -> bool:
-    return leanos.exists(leanos.join(root, "cgroup.controllers"))
 
 
 class Paths:
