@@ -59,6 +59,53 @@ def memory_totals(pids: Iterable[int]) -> dict[str, Any]:
             "mean_kb": {k: (v / n if n else float("nan")) for k, v in totals.items()}}
 
 
+def _cgroup(pid: int) -> str:
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    paths = dict(line.split(":", 2)[1:] for line in lines if line.count(":") >= 2)
+    return paths.get("name=systemd", paths.get("", ""))
+
+
+def box_daemon(cgroup: str) -> bool:
+    """Whether a process of that cgroup is one of the box's own services (dbus-daemon,
+    started on first use, say), which outlive every run: not a container's, not an
+    sdshim unit's."""
+    parts = cgroup.split("/")
+    return len(parts) > 2 and parts[1] == "system.slice" and not parts[2].startswith("sdshim")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+    except OSError:
+        return "(gone)"
+
+
+def box_pids() -> set[int]:
+    """The pids this box's /proc shows (the bench runs in the box's pid namespace)."""
+    return {int(d) for d in os.listdir("/proc") if d.isdigit()}
+
+
+def settle(steady: set[int], timeout: float = 10.0) -> float:
+    """Wait, untimed, until the last run's teardown is over: no process is left but
+    the steady ones (this bench, the box's daemons). A container's end goes on after
+    the command that removed it returns (the exit command's `podman container
+    cleanup`, the unit's ExecStopPost=, conmon leaving its scope) and would otherwise
+    overlap the next method's timed run. Returns how long it waited (ms)."""
+    t0 = time.perf_counter()
+    left: list[int] = []
+    while time.perf_counter() - t0 < timeout:
+        left = [p for p in box_pids() - steady if p != os.getpid() and not box_daemon(_cgroup(p))]
+        if not left:
+            return ms_since(t0)
+        time.sleep(0.002)
+    log(f"settle: processes left after {timeout:.0f} s: "
+        + ", ".join(f"{p} {_cmdline(p)}" for p in left))
+    return ms_since(t0)
+
+
 def ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 

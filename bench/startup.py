@@ -3,7 +3,8 @@
     python3 -m bench.startup SCRATCH [--runs N]
 
 Every method starts the same busybox bundle (`sleep`) and is timed from the call
-until the container runs; the containers are removed between runs, untimed. sdshim
+until the container runs; the containers are removed between runs, untimed, and each
+run starts only once the last one's teardown has ended (common.settle). sdshim
 is timed as a package installs it (common.installed_cli), monitor included. Prints
 one JSON object.
 """
@@ -136,17 +137,23 @@ def measure(scratch: Path, runs: int, only: list[str] | None = None) -> dict[str
     if only:
         methods = {k: v for k, v in methods.items() if k in only}
     times: dict[str, list[float]] = {k: [] for k in methods}
-    # Interleaved, so that a burst of load on a shared machine hits every method alike.
+    settled: dict[str, list[float]] = {k: [] for k in methods}
+    steady = common.box_pids()
+    # Interleaved, so that a burst of load on a shared machine hits every method alike;
+    # each run starts once the one before has ended entirely (common.settle).
     for i in range(runs + 1):
         for key, once in methods.items():
             elapsed = once(i)
+            waited = common.settle(steady)
             if i:  # the first round warms caches (page cache, podman's storage)
                 times[key].append(elapsed)
+                settled[key].append(waited)
         if i:
             common.log(f"start latency: round {i}/{runs}")
     return {
         "sdshim_cli": installed,
         "latency": {k: common.summary(v) for k, v in times.items()},
+        "teardown_after": {k: common.summary(v) for k, v in settled.items()},
         "monitor_exec_to_ready": common.summary(ready[1:]),
         "handoff_exec_to_ready": common.summary(zero_ready[1:]),
         "conmon_launch_to_sync": common.summary(sync[1:]),
