@@ -160,14 +160,17 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, list
         floor = lat["latency"].get("runc", nan)["median"]
         podman = lat["latency"].get("podman", nan)["median"]
         rows = []
+        teardown = lat.get("teardown_after", {})
         for key, label in LATENCY_ROWS:
             if key not in lat["latency"]:
                 continue
             s = lat["latency"][key]
             rows.append([label, ms(s["median"]), ms(s["min"]), ms(s["max"]),
-                         f"{s['median'] / floor:.2f}", f"{s['median'] / podman:.2f}"])
+                         f"{s['median'] / floor:.2f}", f"{s['median'] / podman:.2f}",
+                         ms(teardown.get(key, nan)["median"])])
         out += [f"### 1. Start latency, call until the container runs (ms, {runs} runs)", "",
-                table(["method", "median", "min", "max", "x runc floor", "x podman"], rows),
+                table(["method", "median", "min", "max", "x runc floor", "x podman",
+                       "teardown after removal (untimed)"], rows),
                 "", f"sdshim timed as: {lat.get('sdshim_cli', common.sdshim_cli()[0])}", ""]
         ready, sync = lat["monitor_exec_to_ready"], lat["conmon_launch_to_sync"]
         out += [table(["monitor start-up", "median", "min", "max"], [
