@@ -20,6 +20,7 @@ from typing import Any
 
 from sdshim import bundle as bundles
 from sdshim import spawn
+from sdshim.shim import cgroup
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_FIELDS = ("Pss", "Private_Dirty", "Rss")
@@ -60,11 +61,11 @@ def memory_totals(pids: Iterable[int]) -> dict[str, Any]:
 
 
 def _cgroup(pid: int) -> str:
+    """pid's systemd cgroup path ('' once it is gone)."""
     try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        paths = cgroup.own_cgroups(pid)
     except OSError:
         return ""
-    paths = dict(line.split(":", 2)[1:] for line in lines if line.count(":") >= 2)
     return paths.get("name=systemd", paths.get("", ""))
 
 
@@ -95,9 +96,10 @@ def settle(steady: set[int], timeout: float = 10.0) -> float:
     cleanup`, the unit's ExecStopPost=, conmon leaving its scope) and would otherwise
     overlap the next method's timed run. Returns how long it waited (ms)."""
     t0 = time.perf_counter()
+    steady = steady | {os.getpid()}
     left: list[int] = []
     while time.perf_counter() - t0 < timeout:
-        left = [p for p in box_pids() - steady if p != os.getpid() and not box_daemon(_cgroup(p))]
+        left = [p for p in box_pids() - steady if not box_daemon(_cgroup(p))]
         if not left:
             return ms_since(t0)
         time.sleep(0.002)

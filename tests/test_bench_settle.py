@@ -13,9 +13,11 @@ def test_settle_waits_for_a_process_that_outlives_its_command() -> None:
     steady = common.box_pids()
     late = subprocess.Popen(["sleep", "0.3"])
     # Reaped by another thread, as the box's init reaps an exit command's process.
-    threading.Thread(target=late.wait, daemon=True).start()
+    reaper = threading.Thread(target=late.wait, daemon=True)
+    reaper.start()
     t0 = time.perf_counter()
     waited = common.settle(steady, timeout=5)
+    reaper.join(5)  # settle sees the pid go at the reap, before wait() sets returncode
     assert late.returncode == 0
     assert 250 <= waited <= common.ms_since(t0) < 5000
 
