@@ -138,6 +138,29 @@ def test_unit_names() -> None:
     assert unit.slice_of("a/b.slice:libpod:x") == "machine.slice"
 
 
+def test_what_holds_a_units_name() -> None:
+    """A unit of the name a container's unit wants: this container's finishing monitor
+    (a restart), an ended container's unit about to go (wait for it), or taken."""
+    cid = "ab12" * 16
+    mine = {"Description": f"podman container web ({cid[:12]})", "ActiveState": "active",
+            "MainPID": 40}
+    other = {**mine, "Description": "podman container web (0123456789ab)"}
+    assert unit.clash(mine, cid) == unit.OURS
+    assert unit.clash({**mine, "MainPID": 0}, cid) == unit.OURS
+    assert unit.clash(other, cid) == unit.TAKEN  # its monitor runs
+    # Its monitor has exited: the exit command runs on (ExitType=cgroup), or the
+    # ExecStopPost= cgroup trim, or the unit is inactive and not yet collected.
+    assert unit.clash({**other, "MainPID": 0}, cid) == unit.ENDED
+    for state in ("deactivating", "inactive", "failed"):
+        assert unit.clash({**other, "ActiveState": state}, cid) == unit.ENDED
+    assert unit.clash(None, cid) == unit.ENDED  # gone meanwhile: the name again
+    # Not a podman container's unit: never waited for, never shadowed by an instance.
+    assert unit.clash({"Description": "my own web", "ActiveState": "inactive",
+                       "MainPID": 0}, cid) == unit.TAKEN
+    assert unit.properties("u", "web", cid, "machine.slice", ["/m"], [], "/")[0] == (
+        "Description", "s", f"podman container web ({cid[:12]})")
+
+
 def test_handover_passes_fds_and_answers(tmp_path: Path) -> None:
     path = str(tmp_path / "h.sock")
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)

@@ -457,6 +457,46 @@ def test_unit_name_clash_is_a_clear_error(podman: Podman, bed: Bed) -> None:
     assert podman("sdshim", "rm", "-f", "-t", "0", name).returncode == 0
 
 
+def _ended_container_unit(bed: Bed, name: str, seconds: int) -> str:
+    """What `podman rm NAME` can leave for a moment: the unit of a container of that
+    name whose monitor has exited while its cgroup still runs something (the exit
+    command, the ExecStopPost= trim) for seconds."""
+    unit = f"sdshim-podman-{name}.service"
+    out = bed.run(["systemd-run", "--unit", unit, "-p", "ExitType=cgroup",
+                   "-p", "CollectMode=inactive-or-failed",
+                   "-p", f"Description=podman container {name} (0123456789ab)",
+                   "/bin/sh", "-c", f"sleep {seconds} & exit 0"])
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 10
+    while bed.show(unit, "MainPID")["MainPID"] != "0" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    show = bed.show(unit, "ActiveState", "MainPID")
+    assert show == {"ActiveState": "active", "MainPID": "0"}, show
+    return unit
+
+
+@pytest.mark.parametrize(("seconds", "instance"), [(1, ""), (30, "@2")])
+def test_the_name_of_an_ended_container(podman: Podman, bed: Bed, seconds: int,
+                                        instance: str) -> None:
+    """`podman rm NAME; podman run --name NAME` at once: the old unit may still be
+    there, its monitor gone. The new container waits for the name a moment (it gets
+    sdshim-podman-NAME.service when the old unit goes within 2 s), else takes the next
+    instance; it never fails on the name."""
+    name = f"pt-reuse-{secrets.token_hex(3)}"
+    old = _ended_container_unit(bed, name, seconds)
+    try:
+        out = podman("sdshim", "run", "-d", "--name", name, *NONET, IMG, "sleep", "1000")
+        assert out.returncode == 0, out.stderr
+        cid = out.stdout.decode().strip()
+        unit = f"sdshim-podman-{name}{instance}.service"
+        show = bed.show(unit, "ActiveState", "Description")
+        assert show["ActiveState"] == "active", show
+        assert show["Description"] == f"podman container {name} ({cid[:12]})", show
+    finally:
+        podman("sdshim", "rm", "-f", "-t", "0", name)
+        bed.run(["systemctl", "stop", old])
+
+
 def test_restart_policy(podman: Podman) -> None:
     """podman restarts a container from the exit command, while the old monitor still
     runs it: the new monitor gets `sdshim-podman-NAME:N.service`, as many times."""

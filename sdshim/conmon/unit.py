@@ -9,6 +9,8 @@ how it ended. The container's processes live in the unit's own cgroup leaf
 
 from __future__ import annotations
 
+import time
+
 from sdshim.conmon import bundleconfig
 from sdshim.errors import SdshimError
 from sdshim.naming import NAME_CHARS
@@ -20,7 +22,6 @@ from sdshim.units.systemd1 import (
     PROPERTIES,
     SERVICE,
     START_TRANSIENT,
-    UNIT,
     UNIT_EXISTS,
     BusCallError,
     Call,
@@ -37,10 +38,21 @@ if TYPE_CHECKING:
     from sdshim.units.spec import Property
 
 PREFIX = "sdshim-podman-"
+DESCRIPTION_PREFIX = "podman container "
 SUFFIX = ".service"
 DEFAULT_SLICE = "machine.slice"
 MAX_GENERATIONS = 8  # podman's default cgroup parent
 MAX_NAME = 200
+# clash(): what holds a unit's name.
+OURS = "ours"
+ENDED = "ended"
+TAKEN = "taken"
+ENDING_STATES = ("deactivating", "inactive", "failed")
+# An ended container's unit goes once its exit command and ExecStopPost= (the cgroup
+# trim) are done; how long the next container of its name waits for it, then takes
+# the next instance.
+ENDED_WAIT = 2.0
+ENDED_POLL = 0.02
 
 
 def _unit_safe(text: str) -> bool:
@@ -68,7 +80,7 @@ def slice_of(cgroups_path: str) -> str:
 def properties(unit: str, name: str, cid: str, slice_: str, argv: Sequence[str],
                env: Sequence[str], cwd: str) -> list[Property]:
     return cgrouptrim.add_to([
-        ("Description", "s", f"podman container {name} ({cid[:12]})"),
+        ("Description", "s", f"{DESCRIPTION_PREFIX}{name} ({cid[:12]})"),
         ("Slice", "s", slice_),
         ("Type", "s", "exec"),
         ("Delegate", "b", True),
@@ -102,18 +114,24 @@ def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
     """Start the container's unit; the connection (kept for stop() on a failed
     hand-over) and the unit's name.
 
-    The name is unit_name(). If a unit of that name is still there for this very
-    container, its monitor is finishing: it runs podman's exit command (`podman
-    container cleanup`), and that is what restarts a container with a restart policy,
-    through a new monitor, while the old unit is still active. That instance gets
-    `sdshim-podman-NAME@N.service`: '@' never occurs in podman's names (and ':' would
-    break podman's reading of /proc/PID/cgroup). A unit of that name for another
-    container is refused, clearly.
+    The name is unit_name(). A unit of that name may still be there (clash()):
+    - this very container's, finishing: its monitor runs podman's exit command
+      (`podman container cleanup`), and that is what restarts a container with a
+      restart policy, through a new monitor, while the old unit is still active. That
+      instance gets `sdshim-podman-NAME@N.service`: '@' never occurs in podman's names
+      (and ':' would break podman's reading of /proc/PID/cgroup);
+    - another container's whose monitor has ended (`podman rm NAME; podman run --name
+      NAME`): its exit command or ExecStopPost= (the cgroup trim) is still running,
+      and the unit goes with them. The new container waits for the name a moment,
+      then takes the next instance;
+    - another container's whose monitor runs: refused, clearly.
     """
     systemd = BlockingSystemd.connect()
     base = unit_name(name, cid)
     try:
-        for generation in range(1, MAX_GENERATIONS + 1):
+        generation = 1
+        deadline = 0.0  # while waiting for an ended container's unit to go
+        while generation <= MAX_GENERATIONS:
             unit = base if generation == 1 else base.replace(SUFFIX, f"@{generation}{SUFFIX}")
             job = Job(manager_call(
                 "StartTransientUnit", START_TRANSIENT,
@@ -124,12 +142,20 @@ def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
             except BusCallError as e:
                 if e.name != UNIT_EXISTS:
                     raise UnitError(f"systemd refused to start {unit}: {e}") from None
-                props = systemd.unit_properties(unit, UNIT) or {}
-                if f"({cid[:12]})" not in str(props.get("Description", "")):
+                verdict = clash(systemd.service_state(unit), cid)
+                if verdict == TAKEN:
                     raise UnitError(f"unit {unit} exists already: another container of "
                                     "that name is running on sdshim (stop it, or podman "
                                     "rename one of them)") from None
-                continue  # this container's previous monitor, finishing
+                if verdict == ENDED:
+                    now = time.monotonic()
+                    deadline = deadline or now + ENDED_WAIT
+                    if now < deadline:
+                        time.sleep(ENDED_POLL)
+                        continue  # the same name again
+                generation += 1
+                deadline = 0.0
+                continue
             if not job.ok:
                 raise UnitError(f"{unit} did not start (job {job.result}); see "
                                 f"journalctl -u {unit}")
@@ -139,6 +165,24 @@ def start(name: str, cid: str, props_for: Callable[[str], list[Property]]
     except BaseException:
         systemd.conn.close()
         raise
+
+
+def clash(props: dict[str, Any] | None, cid: str) -> str:
+    """What the unit holding the name a container's unit wants is, from its properties
+    (Unit and Service; None: gone meanwhile): OURS (this container's previous monitor),
+    ENDED (another podman container's, whose monitor has exited: the unit is about to
+    go), or TAKEN (another container's running monitor, or not a podman container's
+    unit at all)."""
+    if props is None:
+        return ENDED  # gone between the two calls: try the name again
+    description = str(props.get("Description", ""))
+    if f"({cid[:12]})" in description:
+        return OURS
+    if not description.startswith(DESCRIPTION_PREFIX):
+        return TAKEN
+    if not props.get("MainPID") or props.get("ActiveState") in ENDING_STATES:
+        return ENDED
+    return TAKEN
 
 
 def place_monitor(systemd: BlockingSystemd, unit: str, bundle: str) -> dict[str, Any]:
