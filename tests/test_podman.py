@@ -499,7 +499,7 @@ def test_the_name_of_an_ended_container(podman: Podman, bed: Bed, seconds: int,
 
 def test_restart_policy(podman: Podman) -> None:
     """podman restarts a container from the exit command, while the old monitor still
-    runs it: the new monitor gets `sdshim-podman-NAME:N.service`, as many times."""
+    runs it: the new monitor gets `sdshim-podman-NAME@N.service`, as many times."""
     seen = {}
     for m in podman.monitors:
         name = f"pt-rp-{m}"
